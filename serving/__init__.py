@@ -1,0 +1,1 @@
+"""Serving side: the development model server, the model puller and the client (README.md)."""

@@ -1,0 +1,113 @@
+"""Shared fixtures: a real SeaweedFS S3 store, sample data in it, and trained models.
+
+Expensive things (the store, VGG16 runs) are session-scoped and reused. Nothing here mocks
+S3: every `s3://` URI in the tests is served by `weed mini` on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tools.seaweed import SeaweedFS
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_BUCKET = "datasets"
+MODELS_BUCKET = "models"
+CACHE_BUCKET = "cache"
+
+
+def _clear_s3_client() -> None:
+    from trainer.storage import s3_client
+
+    s3_client.cache_clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quiet_tensorflow_and_private_caches(tmp_path_factory):
+    """No test writes to the user's caches; TensorFlow's C++ chatter stays out of logs."""
+    home = tmp_path_factory.mktemp("home")
+    saved = {k: os.environ.get(k) for k in ("XDG_CACHE_HOME", "TF_CPP_MIN_LOG_LEVEL")}
+    os.environ["XDG_CACHE_HOME"] = str(home / "cache")
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    """A real S3 server for the whole session, with the AWS env pointing at it."""
+    store = SeaweedFS(tmp_path_factory.mktemp("seaweed") / "data",
+                      access_key="test-access-" + uuid.uuid4().hex[:8],
+                      secret_key="test-secret-" + uuid.uuid4().hex)
+    store.start()
+    for bucket in (DATA_BUCKET, MODELS_BUCKET, CACHE_BUCKET):
+        store.create_bucket(bucket)
+    saved = {k: os.environ.get(k) for k in store.env()}
+    os.environ.update(store.env())
+    _clear_s3_client()
+    yield store
+    store.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    _clear_s3_client()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the SeaweedFS log to every failed test that used the store."""
+    report = yield
+    if report.failed and "seaweed" in getattr(item, "fixturenames", ()):
+        store = item.funcargs.get("seaweed")
+        if store is not None:
+            report.sections.append(("SeaweedFS log (last 4000 chars)", store.log_text()[-4000:]))
+    return report
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def run_cli(module: str, *args: str, env: dict | None = None, timeout: float = 600,
+            check: bool = False) -> subprocess.CompletedProcess:
+    """Run `python -m <module> args...` as a user would; returns the finished process."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} {' '.join(args)} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def sample_s3(seaweed):
+    """2 classes x 50 sample images in S3 (the issue's acceptance dataset)."""
+    uri = f"s3://{DATA_BUCKET}/sample-2x50"
+    run_cli("trainer", "sample-data", "--output", uri, "--classes", "2", "--per-class", "50",
+            "--quiet", check=True)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def published_s3(seaweed, sample_s3):
+    """One full CLI training run: S3 data -> S3 models, S3 feature cache, --weights none."""
+    models = f"s3://{MODELS_BUCKET}/{unique('run')}"
+    cache = f"s3://{CACHE_BUCKET}/{unique('features')}"
+    proc = run_cli("trainer", "train", "--data", sample_s3, "--output", models,
+                   "--model-name", "demo", "--weights", "none", "--cache", cache,
+                   "--version", "1", check=True)
+    return {"models": models, "cache": cache, "data": sample_s3, "proc": proc,
+            "version_uri": f"{models}/demo/1"}

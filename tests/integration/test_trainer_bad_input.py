@@ -1,0 +1,192 @@
+"""Bad input to `trainer train`: one clear line, the documented exit code, nothing published."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from trainer.cli import cli
+from trainer.sample_data import write_sample_data
+
+
+def train(*args: str):
+    result = CliRunner().invoke(cli, ["train", "--weights", "none", "--quiet", *args])
+    return result
+
+
+def error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def jpeg_bytes(colour=(200, 30, 30), size=(64, 48)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def truncated_jpeg() -> bytes:
+    """A JPEG cut in the middle of its scan data: its header is fine, its pixels are not."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(buf, "JPEG")
+    data = buf.getvalue()
+    return data[: len(data) // 2]
+
+
+@pytest.fixture
+def small_data(tmp_path) -> Path:
+    root = tmp_path / "data"
+    write_sample_data(str(root), num_classes=2, per_class=3, seed=5, quiet=True)
+    return root
+
+
+def common(tmp_path: Path, data: Path | str) -> list[str]:
+    return ["--data", str(data), "--output", str(tmp_path / "models"), "--model-name", "m",
+            "--cache", str(tmp_path / "cache")]
+
+
+def test_missing_location(tmp_path):
+    result = train(*common(tmp_path, tmp_path / "nope"))
+    assert result.exit_code == 2
+    assert "location does not exist or is empty" in error_line(result)
+    assert str(tmp_path / "nope") in error_line(result)
+
+
+def test_empty_location(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = train(*common(tmp_path, tmp_path / "empty"))
+    assert result.exit_code == 2
+    assert "does not exist or is empty" in error_line(result)
+
+
+def test_single_class(tmp_path, small_data):
+    shutil.rmtree(small_data / "square")
+    result = train(*common(tmp_path, small_data))
+    assert result.exit_code == 2
+    assert "need at least 2 class folders with images, found 1 (circle)" in error_line(result)
+
+
+def test_class_with_too_few_images(tmp_path, small_data):
+    for p in sorted((small_data / "square").iterdir())[1:]:
+        p.unlink()
+    result = train(*common(tmp_path, small_data))
+    assert result.exit_code == 2
+    assert "too few in square: 1" in error_line(result)
+
+
+def test_class_left_with_too_few_after_undecodable_images_are_dropped(tmp_path, small_data):
+    # Truncated JPEGs pass the header check but TensorFlow cannot decode them.
+    for p in sorted((small_data / "square").iterdir())[1:]:
+        p.unlink()
+    (small_data / "square" / "cut.jpg").write_bytes(truncated_jpeg())
+    result = train(*common(tmp_path, small_data))
+    assert result.exit_code == 2
+    assert "too few in square: 1" in error_line(result)
+    assert not (tmp_path / "models").exists()
+
+
+def test_bad_and_odd_files_are_skipped_and_listed(tmp_path, small_data):
+    sq = small_data / "square"
+    (sq / "notes.txt").write_text("not an image")
+    (sq / "empty.jpg").write_bytes(b"")
+    (sq / "fake.png").write_bytes(b"this is not a png")
+    (sq / "cut.jpg").write_bytes(truncated_jpeg())
+    (small_data / "stray.jpg").write_bytes(jpeg_bytes())
+    nested = small_data / "circle" / "more" / "deeper"
+    nested.mkdir(parents=True)
+    (nested / "ünï cödé name.JPG").write_bytes(jpeg_bytes((250, 20, 20)))
+    (small_data / "circle" / "link.jpg").symlink_to(sorted((small_data / "circle").glob(
+        "*.jpg"))[0])
+    (small_data / "circle" / "broken.jpg").symlink_to(tmp_path / "gone.jpg")
+
+    result = train(*common(tmp_path, small_data), "--report-dir", str(tmp_path / "report"),
+                   "--epochs", "1")
+    assert result.exit_code == 0, result.stderr + result.stdout
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    reasons = {s["path"]: s["reason"] for s in metrics["skipped"]}
+    assert reasons == {
+        "square/notes.txt": "not an image file extension",
+        "square/empty.jpg": "empty file",
+        "square/fake.png": reasons["square/fake.png"],
+        "square/cut.jpg": "cannot be decoded by TensorFlow (corrupt or truncated)",
+        "stray.jpg": "not inside a class folder",
+        "circle/broken.jpg": "unreadable (missing or broken link)",
+    }
+    assert reasons["square/fake.png"].startswith("not a readable image")
+    # Nested folders belong to their top-level class; symlinked files are read through.
+    assert metrics["images"]["per_class"]["circle"]["train"] + \
+        metrics["images"]["per_class"]["circle"]["val"] == 5
+    assert "6 skipped" in result.stdout
+
+
+def test_unreadable_weights_file(tmp_path, small_data):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5")
+    result = CliRunner().invoke(cli, ["train", *common(tmp_path, small_data), "--weights",
+                                      str(bad), "--quiet"])
+    assert result.exit_code == 2
+    assert f"--weights {bad}: not a VGG16 weights file" in error_line(result)
+
+
+def test_missing_weights_file(tmp_path, small_data):
+    result = CliRunner().invoke(cli, ["train", *common(tmp_path, small_data), "--weights",
+                                      str(tmp_path / "nope.h5"), "--quiet"])
+    assert result.exit_code == 2
+    assert "no such file" in error_line(result)
+
+
+def test_weights_must_name_a_keras_file(tmp_path, small_data):
+    result = CliRunner().invoke(cli, ["train", *common(tmp_path, small_data), "--weights",
+                                      "resnet", "--quiet"])
+    assert result.exit_code == 2
+    assert "expected 'imagenet', 'none', or a Keras weights file" in error_line(result)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model-name", "bad/name"], "--model-name 'bad/name'"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--val-split", "1"], "--val-split must be between 0 and 1"),
+    (["--min-val-accuracy", "1.5"], "--min-val-accuracy must be between 0 and 1"),
+    (["--version", "0"], "--version must be a positive integer"),
+])
+def test_bad_options(tmp_path, small_data, args, message):
+    result = train(*common(tmp_path, small_data), *args)
+    assert result.exit_code == 2
+    assert message in error_line(result)
+
+
+def test_cache_and_no_cache_exclude_each_other(tmp_path, small_data):
+    result = train(*common(tmp_path, small_data), "--no-cache")
+    assert result.exit_code == 2
+    assert "--cache and --no-cache exclude each other" in result.stderr
+
+
+def test_accuracy_gate_publishes_nothing_and_exits_1(tmp_path):
+    # Both classes hold the very same images: no model can beat 50% on them.
+    data = tmp_path / "data"
+    write_sample_data(str(data), num_classes=2, per_class=4, seed=1, quiet=True)
+    shutil.rmtree(data / "square")
+    shutil.copytree(data / "circle", data / "square")
+    result = train(*common(tmp_path, data), "--min-val-accuracy", "0.9", "--epochs", "1",
+                   "--report-dir", str(tmp_path / "report"))
+    assert result.exit_code == 1
+    assert "validation accuracy 0.5000 is below --min-val-accuracy 0.9; nothing published" \
+        in error_line(result)
+    assert not (tmp_path / "models").exists()
+    assert (tmp_path / "report" / "confusion_matrix.png").is_file()  # the report explains why
+
+
+def test_sample_data_rejects_bad_class_count(tmp_path):
+    result = CliRunner().invoke(cli, ["sample-data", "--output", str(tmp_path), "--classes", "9"])
+    assert result.exit_code == 2
+    assert "--classes must be between 2 and 8, got 9" in error_line(result)

@@ -1,0 +1,90 @@
+"""The trainer CLI against a real S3 store (SeaweedFS): publish, cache, never overwrite."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from tests.conftest import CACHE_BUCKET, MODELS_BUCKET, run_cli, unique
+from trainer.manifest import MANIFEST_FILE, parse_manifest
+from trainer.storage import open_location
+
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
+
+
+def read_manifest(version_uri: str):
+    return parse_manifest(open_location(version_uri).read_bytes(MANIFEST_FILE))
+
+
+def test_full_run_publishes_a_verified_version_to_s3(published_s3):
+    version = open_location(published_s3["version_uri"])
+    manifest = read_manifest(published_s3["version_uri"])
+    raw = manifest.raw
+    assert raw["model_name"] == "demo" and raw["version"] == 1
+    assert raw["classes"] == ["circle", "square"]
+    assert raw["metrics"]["val_accuracy"] >= 0.9, raw["metrics"]
+    assert raw["metrics"]["train_images"] == 80 and raw["metrics"]["val_images"] == 20
+    assert raw["dataset"]["uri"] == published_s3["data"]
+
+    # Every listed file is in the store with the listed size and content; nothing else is.
+    stored = {e.path: e.size for e in version.list_files()}
+    assert set(stored) == {f.path for f in manifest.files} | {MANIFEST_FILE}
+    for f in manifest.files:
+        assert stored[f.path] == f.size
+        if f.size < 50_000_000:  # the 0.5 GB variables file: size is checked above
+            assert hashlib.sha256(version.read_bytes(f.path)).hexdigest() == f.sha256, f.path
+    assert {"saved_model.pb", "variables/variables.index", "assets/labels.txt",
+            "assets.extra/tf_serving_warmup_requests", "assets.extra/report/metrics.json",
+            "assets.extra/report/training_curves.png", "assets.extra/report/confusion_matrix.png",
+            "assets.extra/report/config.json"} <= set(stored)
+    assert "published s3://" in published_s3["proc"].stdout
+
+
+def test_second_run_takes_every_feature_from_the_cache(published_s3):
+    proc = run_cli("trainer", "train", "--data", published_s3["data"],
+                   "--output", published_s3["models"], "--model-name", "demo",
+                   "--weights", "none", "--cache", published_s3["cache"], "--version", "2",
+                   "--quiet", check=True)
+    assert "features 100 cached / 0 computed" in proc.stdout
+    metrics = json.loads(open_location(published_s3["models"]).read_bytes(
+        "demo/2/assets.extra/report/metrics.json"))
+    assert metrics["features"] == {"cache": published_s3["cache"], "from_cache": 100,
+                                   "computed": 0}
+    # Same images, same weights, same seed: the same model.
+    first, second = read_manifest(published_s3["version_uri"]), read_manifest(
+        f"{published_s3['models']}/demo/2")
+    assert first.raw["metrics"] == second.raw["metrics"]
+
+
+def test_an_existing_version_is_never_overwritten(published_s3):
+    before = open_location(published_s3["version_uri"]).read_bytes(MANIFEST_FILE)
+    proc = run_cli("trainer", "train", "--data", published_s3["data"],
+                   "--output", published_s3["models"], "--model-name", "demo",
+                   "--weights", "none", "--cache", published_s3["cache"], "--version", "1",
+                   "--quiet")
+    assert proc.returncode == 2, proc.stderr
+    assert "version 1 of model 'demo' already exists" in proc.stderr
+    assert open_location(published_s3["version_uri"]).read_bytes(MANIFEST_FILE) == before
+
+
+def test_wrong_credentials_exit_3_with_one_line(published_s3):
+    proc = run_cli("trainer", "train", "--data", published_s3["data"],
+                   "--output", f"s3://{MODELS_BUCKET}/{unique('denied')}",
+                   "--model-name", "demo", "--weights", "none",
+                   "--cache", f"s3://{CACHE_BUCKET}/x", "--quiet",
+                   env={"AWS_SECRET_ACCESS_KEY": "wrong-secret"})
+    assert proc.returncode == 3
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "access denied" in error_lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_bucket_is_bad_input(seaweed):
+    proc = run_cli("trainer", "train", "--data", "s3://no-such-bucket-here/data",
+                   "--output", f"s3://{MODELS_BUCKET}/x", "--model-name", "demo",
+                   "--weights", "none", "--quiet")
+    assert proc.returncode == 2
+    assert "error: cannot list s3://no-such-bucket-here/data: bucket does not exist" \
+        in proc.stderr

@@ -1,0 +1,81 @@
+"""Dataset listing, header checks and the stratified split."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trainer.data import MAX_IMAGE_PIXELS, load_images, stratified_split
+from trainer.errors import InputError
+
+
+def png(size=(8, 8)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (1, 2, 3)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_split_is_stratified_deterministic_and_complete():
+    labels = np.array([0] * 10 + [1] * 5 + [2] * 2)
+    train, val = stratified_split(labels, 0.2, seed=1)
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(17))
+    assert np.bincount(labels[val]).tolist() == [2, 1, 1]  # every class validated
+    assert np.bincount(labels[train]).tolist() == [8, 4, 1]  # and trained
+    again = stratified_split(labels, 0.2, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip((train, val), again, strict=True))
+    other = stratified_split(labels, 0.2, seed=2)
+    assert not np.array_equal(val, other[1])
+
+
+def test_classes_are_sorted_folder_names_and_extensions_any_case(tmp_path):
+    for cls, name in [("zebra", "a.JPG"), ("zebra", "b.png"), ("apple", "c.Png"),
+                      ("apple", "d.bmp"), ("apple", "e.GIF")]:
+        (tmp_path / cls).mkdir(exist_ok=True)
+        fmt = {"jpg": "JPEG", "png": "PNG", "bmp": "BMP", "gif": "GIF"}[name[-3:].lower()]
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buf, fmt)
+        (tmp_path / cls / name).write_bytes(buf.getvalue())
+    images = load_images(str(tmp_path), quiet=True)
+    assert images.classes == ["apple", "zebra"]
+    assert images.class_counts() == {"apple": 3, "zebra": 2}
+    assert images.paths[0] == "apple/c.Png"
+    assert len(images.fingerprint()) == 64
+
+
+def test_hidden_folders_are_not_classes(tmp_path):
+    for cls in ("a", "b", ".ipynb_checkpoints"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            (tmp_path / cls / f"{i}.png").write_bytes(png())
+    images = load_images(str(tmp_path), quiet=True)
+    assert images.classes == ["a", "b"]
+    assert {s.reason for s in images.skipped} == {"inside a hidden folder"}
+
+
+def test_a_class_folder_without_images_is_an_error(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "0.png").write_bytes(png())
+        (tmp_path / cls / "1.png").write_bytes(png())
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "readme.txt").write_text("no images here")
+    with pytest.raises(InputError, match="too few in c: 0"):
+        load_images(str(tmp_path), quiet=True)
+
+
+def test_decompression_bombs_are_refused_before_decoding(tmp_path):
+    side = int(MAX_IMAGE_PIXELS ** 0.5) + 100
+    buf = io.BytesIO()
+    Image.new("1", (side, side)).save(buf, "PNG")  # 1-bit: tiny file, huge declared size
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "0.png").write_bytes(png())
+        (tmp_path / cls / "1.png").write_bytes(png())
+    (tmp_path / "a" / "bomb.png").write_bytes(buf.getvalue())
+    images = load_images(str(tmp_path), quiet=True)
+    [skipped] = images.skipped
+    assert skipped.path == "a/bomb.png"
+    assert "too large" in skipped.reason or "DecompressionBomb" in skipped.reason

@@ -1,0 +1,129 @@
+"""`python -m trainer`: train and publish a model, or write a sample dataset.
+
+Exit codes (DESIGN section 6): 0 success; 1 finished but not published (accuracy gate);
+2 bad usage or bad input; 3 storage or network failure after retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+
+import click
+
+from trainer import config as defaults
+from trainer.errors import UserError
+
+
+def _fail(error: UserError) -> None:
+    click.echo(f"error: {error}", err=True)
+    sys.exit(error.exit_code)
+
+
+def _terminate_on_sigterm() -> None:
+    """SIGTERM (Kubernetes stopping the Job) unwinds like Ctrl-C, so cleanup code runs."""
+    def handler(signum, _frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # TensorFlow's SavedModel writer and botocore narrate at INFO; keep the job's own lines.
+    for noisy in ("absl", "tensorflow", "botocore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"],
+                               "show_default": True, "max_content_width": 100})
+def cli() -> None:
+    """Fine-tune a frozen VGG16 on a labelled image set and publish it for TF Serving."""
+
+
+@cli.command()
+@click.option("--data", required=True, envvar="DATA_URI",
+              help="Dataset location: local folder or s3://bucket/prefix with one sub-folder "
+                   "per class.")
+@click.option("--output", required=True, envvar="MODELS_URI",
+              help="Models location: versions go to <output>/<model-name>/<version>/.")
+@click.option("--model-name", required=True, envvar="MODEL_NAME",
+              help="Model name (a URL path segment: letters, digits, '_', '.', '-').")
+@click.option("--epochs", type=int, default=defaults.DEFAULT_EPOCHS, envvar="EPOCHS",
+              help="Training epochs for the softmax head.")
+@click.option("--batch-size", type=int, default=defaults.DEFAULT_BATCH_SIZE,
+              envvar="BATCH_SIZE", help="Batch size for feature extraction and training.")
+@click.option("--learning-rate", type=float, default=defaults.DEFAULT_LEARNING_RATE,
+              envvar="LEARNING_RATE", help="Adam learning rate.")
+@click.option("--val-split", type=float, default=defaults.DEFAULT_VAL_SPLIT,
+              envvar="VAL_SPLIT", help="Fraction of each class held out for validation.")
+@click.option("--seed", type=int, default=defaults.DEFAULT_SEED, envvar="SEED",
+              help="Seed for the split, the shuffles and the head's initial weights.")
+@click.option("--weights", default="imagenet", envvar="WEIGHTS",
+              help="VGG16 weights: 'imagenet', 'none' (random, for tests and offline use), "
+                   "or a Keras .h5/.weights.h5 file (local path or s3://).")
+@click.option("--cache", "cache", default=None, envvar="FEATURE_CACHE",
+              help="Feature cache location (local folder or s3://). "
+                   "[default: the user cache folder]")
+@click.option("--no-cache", "no_cache", is_flag=True,
+              help="Train the original notebook's way: every image through VGG16 every epoch.")
+@click.option("--min-val-accuracy", type=float, default=0.0, envvar="MIN_VAL_ACCURACY",
+              help="Publish only if validation accuracy reaches this (else exit 1).")
+@click.option("--version", type=int, default=None, envvar="MODEL_VERSION",
+              help="Version number to publish. [default: UTC unix time at publish]")
+@click.option("--report-dir", type=click.Path(file_okay=False), default=None,
+              envvar="REPORT_DIR", help="Also write the report (metrics, plots) to this folder.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
+def train(data, output, model_name, epochs, batch_size, learning_rate, val_split, seed, weights,
+          cache, no_cache, min_val_accuracy, version, report_dir, quiet) -> None:
+    """Train the softmax head on a frozen VGG16 and publish a SavedModel version."""
+    if cache and no_cache:
+        raise click.UsageError("--cache and --no-cache exclude each other")
+    if not no_cache and cache is None:
+        from platformdirs import user_cache_dir
+        cache = f"{user_cache_dir('vgg16-transfer')}/features"
+    _setup_logging(quiet)
+    _terminate_on_sigterm()
+    started = time.perf_counter()
+    try:
+        from trainer.config import TrainConfig
+        from trainer.job import run
+
+        config = TrainConfig(data=data, output=output, model_name=model_name, epochs=epochs,
+                             batch_size=batch_size, learning_rate=learning_rate,
+                             val_split=val_split, seed=seed, weights=weights,
+                             cache=None if no_cache else cache,
+                             min_val_accuracy=min_val_accuracy, version=version,
+                             report_dir=report_dir, quiet=quiet)
+        result = run(config)
+    except UserError as e:
+        _fail(e)
+    m = result.metrics
+    click.echo(f"published {result.uri}  (val_accuracy {m['validation']['accuracy']:.4f}, "
+               f"{m['images']['train']} train / {m['images']['val']} val images, "
+               f"{len(m['skipped'])} skipped; features {m['features']['from_cache']} cached / "
+               f"{m['features']['computed']} computed; {time.perf_counter() - started:.1f} s)")
+
+
+@cli.command("sample-data")
+@click.option("--output", required=True, envvar="DATA_URI",
+              help="Where to write the images: local folder or s3://bucket/prefix.")
+@click.option("--classes", "num_classes", type=int, default=2, help="Number of classes (2-8).")
+@click.option("--per-class", type=int, default=50, help="Images per class.")
+@click.option("--seed", type=int, default=0, help="Seed: the same seed writes the same images.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def sample_data(output, num_classes, per_class, seed, quiet) -> None:
+    """Write a synthetic, visually separable labelled image set (shapes and colours)."""
+    from trainer.sample_data import write_sample_data
+
+    try:
+        n = write_sample_data(output, num_classes, per_class, seed, quiet)
+    except UserError as e:
+        _fail(e)
+    click.echo(f"wrote {n} images ({num_classes} classes x {per_class}) to {output}")
+
+
+def main() -> None:
+    cli(prog_name="trainer")

@@ -1,0 +1,63 @@
+"""The training configuration: one frozen dataclass the CLI fills in.
+
+Its resolved form is saved next to the model it produced (assets.extra/report/config.json).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+
+from trainer.errors import InputError
+
+# Defaults follow the classic recipe (ml4a transfer-learning guide, Keras docs).
+DEFAULT_EPOCHS = 10  # the head is one Dense layer: it converges in a few passes
+DEFAULT_BATCH_SIZE = 32  # fits VGG16 activations in a few GB of RAM/VRAM
+DEFAULT_LEARNING_RATE = 0.001  # Adam's default
+DEFAULT_VAL_SPLIT = 0.2  # 80/20, stratified per class
+DEFAULT_SEED = 0
+# Model names become URL path segments (/v1/models/<name>) and k8s-friendly labels.
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    output: str
+    model_name: str
+    epochs: int = DEFAULT_EPOCHS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    val_split: float = DEFAULT_VAL_SPLIT
+    seed: int = DEFAULT_SEED
+    weights: str = "imagenet"
+    cache: str | None = None  # None: --no-cache, train the notebook's way
+    min_val_accuracy: float = 0.0
+    version: int | None = None  # None: UTC unix seconds at publish
+    report_dir: str | None = None
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if not MODEL_NAME_RE.match(self.model_name):
+            raise InputError(f"--model-name {self.model_name!r}: use 1-63 letters, digits, '_', "
+                             "'.' or '-', starting with a letter or digit")
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.learning_rate > 0, f"--learning-rate must be positive, got {self.learning_rate}"),
+            (0 < self.val_split < 1, f"--val-split must be between 0 and 1, got {self.val_split}"),
+            (0 <= self.min_val_accuracy <= 1,
+             f"--min-val-accuracy must be between 0 and 1, got {self.min_val_accuracy}"),
+            (self.version is None or self.version > 0,
+             f"--version must be a positive integer, got {self.version}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+    def resolved(self, version: int) -> TrainConfig:
+        return dataclasses.replace(self, version=version)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)

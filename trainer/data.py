@@ -1,0 +1,163 @@
+"""The labelled image set: `<data_uri>/<class_name>/<image files>`, read and split.
+
+Class names are the top-level folder names, sorted. Images anywhere below a class folder
+belong to it (nested folders are walked). Files that are not images are skipped and listed;
+images TensorFlow cannot decode are found during feature extraction and skipped the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from trainer.errors import InputError
+from trainer.storage import Location, open_location
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+# Declared size above which an image is refused before decoding (a 100 MP photo is ~300 MB
+# decoded); Pillow's header check makes this cheap and stops decompression bombs.
+MAX_IMAGE_PIXELS = 100_000_000
+MIN_IMAGES_PER_CLASS = 2
+MIN_CLASSES = 2
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass
+class ImageSet:
+    """Images read into memory (encoded bytes), with labels and content hashes."""
+
+    classes: list[str]
+    paths: list[str]  # relative to the dataset location, e.g. "stegosaurus/img01.jpg"
+    labels: np.ndarray  # int class index per image
+    contents: list[bytes]
+    sha256: list[str]
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, keep: np.ndarray) -> ImageSet:
+        idx = [int(i) for i in keep]
+        return ImageSet(self.classes, [self.paths[i] for i in idx], self.labels[idx],
+                        [self.contents[i] for i in idx], [self.sha256[i] for i in idx],
+                        list(self.skipped))
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        return {c: int(n) for c, n in zip(self.classes, counts, strict=True)}
+
+    def fingerprint(self) -> str:
+        """sha256 over sorted (relative path, file sha256): what the manifest records."""
+        h = hashlib.sha256()
+        for path, digest in sorted(zip(self.paths, self.sha256, strict=True)):
+            h.update(f"{path}\0{digest}\n".encode())
+        return h.hexdigest()
+
+
+def _check_header(data: bytes) -> str | None:
+    """Cheap sanity check with Pillow's header parser; a reason string when unusable."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        return "empty file"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+    except (UnidentifiedImageError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        return f"not a readable image ({type(e).__name__})"
+    except (OSError, ValueError, SyntaxError) as e:
+        return f"not a readable image ({e})"
+    if width * height > MAX_IMAGE_PIXELS:
+        return f"image too large ({width}x{height} pixels, limit {MAX_IMAGE_PIXELS})"
+    return None
+
+
+def load_images(data_uri: str, quiet: bool = False) -> ImageSet:
+    """List, read and sanity-check every image below `data_uri`. Raises InputError (exit 2)."""
+    location: Location = open_location(data_uri)
+    files = location.list_files()
+    if not files:
+        raise InputError(f"--data {data_uri}: location does not exist or is empty")
+
+    by_class: dict[str, list[str]] = {}
+    skipped: list[Skipped] = []
+    for entry in files:
+        parts = entry.path.split("/")
+        if len(parts) < 2:
+            skipped.append(Skipped(entry.path, "not inside a class folder"))
+            continue
+        if parts[0].startswith("."):
+            skipped.append(Skipped(entry.path, "inside a hidden folder"))
+            continue
+        images_of_class = by_class.setdefault(parts[0], [])  # a class folder, even if empty
+        if not entry.path.lower().endswith(IMAGE_EXTENSIONS):
+            skipped.append(Skipped(entry.path, "not an image file extension"))
+            continue
+        images_of_class.append(entry.path)
+
+    classes = sorted(by_class)
+    if len(classes) < MIN_CLASSES:
+        found = ", ".join(classes) or "none"
+        raise InputError(f"--data {data_uri}: need at least {MIN_CLASSES} class folders with "
+                         f"images, found {len(classes)} ({found})")
+
+    ordered = [(c, p) for c in classes for p in by_class[c]]
+    paths, labels, contents, digests = [], [], [], []
+    bar = tqdm(total=len(ordered), desc="reading images", unit="img", disable=quiet)
+    with bar:
+        for (cls, path), (_, data) in zip(ordered, location.read_many([p for _, p in ordered]),
+                                          strict=True):
+            bar.update()
+            reason = "unreadable (missing or broken link)" if data is None else _check_header(data)
+            if reason:
+                skipped.append(Skipped(path, reason))
+                continue
+            paths.append(path)
+            labels.append(classes.index(cls))
+            contents.append(data)
+            digests.append(hashlib.sha256(data).hexdigest())
+
+    images = ImageSet(classes, paths, np.asarray(labels, dtype=np.int64), contents, digests,
+                      sorted(skipped, key=lambda s: s.path))
+    check_class_sizes(images, data_uri)
+    return images
+
+
+def check_class_sizes(images: ImageSet, data_uri: str) -> None:
+    """Every class needs at least MIN_IMAGES_PER_CLASS usable images (one to train, one to
+    validate)."""
+    small = {c: n for c, n in images.class_counts().items() if n < MIN_IMAGES_PER_CLASS}
+    if small:
+        detail = ", ".join(f"{c}: {n}" for c, n in small.items())
+        raise InputError(f"--data {data_uri}: every class needs at least "
+                         f"{MIN_IMAGES_PER_CLASS} usable images; too few in {detail}")
+
+
+def stratified_split(labels: np.ndarray, val_split: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic per-class split: (train indices, validation indices), each sorted.
+
+    Every class keeps at least one training and one validation image.
+    """
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(len(idx))]
+        n_val = min(max(1, round(len(idx) * val_split)), len(idx) - 1)
+        val.extend(idx[:n_val])
+        train.extend(idx[n_val:])
+    return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))

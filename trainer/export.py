@@ -1,0 +1,124 @@
+"""Export: the whole classifier as a TensorFlow SavedModel that TF Serving loads as is.
+
+Signatures (DESIGN section 4; names are part of the contract):
+
+| signature         | input                                   | outputs                          |
+|-------------------|-----------------------------------------|----------------------------------|
+| serving_default   | image_bytes  DT_STRING [-1] (encoded)   | label, score, classes, scores    |
+| predict_images    | images DT_FLOAT [-1,224,224,3] RGB 0-255| label, score, classes, scores    |
+| classify          | inputs DT_STRING [-1] (tf.Example with  | classes, scores (Classify API)   |
+|                   | bytes feature image/encoded)            |                                  |
+
+Decoding, resizing and VGG preprocessing run inside the graph with the same function the
+trainer used (trainer.preprocessing), so training and serving cannot disagree.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from trainer.preprocessing import IMAGE_SIZE, preprocess_image_bytes, vgg_preprocess
+
+SERVING_DEFAULT = "serving_default"
+PREDICT_IMAGES = "predict_images"
+CLASSIFY = "classify"
+IMAGE_BYTES_INPUT = "image_bytes"
+IMAGES_INPUT = "images"
+CLASSIFY_INPUT = "inputs"  # TF Serving's Classify API requires exactly this input key
+EXAMPLE_IMAGE_FEATURE = "image/encoded"
+OUTPUTS = ("label", "score", "classes", "scores")
+LABELS_FILE = "labels.txt"
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+WARMUP_RECORDS = 3
+
+
+class Classifier(tf.Module):
+    """What the SavedModel holds: the Keras model, the class names and the signatures."""
+
+    def __init__(self, model: keras.Model, classes: list[str], labels_file: Path):
+        super().__init__(name="vgg16_transfer")
+        self.model = model
+        self.class_names = tf.constant(classes, dtype=tf.string)
+        self.labels = tf.saved_model.Asset(str(labels_file))  # copied to assets/labels.txt
+
+    def _outputs(self, preprocessed: tf.Tensor) -> dict[str, tf.Tensor]:
+        scores = self.model(preprocessed, training=False)
+        top = tf.argmax(scores, axis=1, output_type=tf.int32)
+        batch = tf.shape(scores)[0]
+        return {
+            "label": tf.gather(self.class_names, top),
+            "score": tf.reduce_max(scores, axis=1),
+            "classes": tf.tile(self.class_names[None, :], [batch, 1]),
+            "scores": scores,
+        }
+
+    def _from_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        images = tf.map_fn(preprocess_image_bytes, image_bytes,
+                           fn_output_signature=tf.TensorSpec([*IMAGE_SIZE, 3], tf.float32))
+        return self._outputs(images)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)])
+    def serve_image_bytes(self, image_bytes):
+        return self._from_bytes(image_bytes)
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, *IMAGE_SIZE, 3], tf.float32, name=IMAGES_INPUT)])
+    def serve_images(self, images):
+        return self._outputs(vgg_preprocess(images))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=CLASSIFY_INPUT)])
+    def serve_classify(self, inputs):
+        examples = tf.io.parse_example(
+            inputs, {EXAMPLE_IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)})
+        out = self._from_bytes(examples[EXAMPLE_IMAGE_FEATURE])
+        return {"classes": out["classes"], "scores": out["scores"]}
+
+
+def export_saved_model(model: keras.Model, classes: list[str], version_dir: Path,
+                       warmup_images: list[bytes]) -> None:
+    """Write the SavedModel (plus labels and warmup records) into `version_dir`."""
+    version_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="labels-") as tmp:
+        labels = Path(tmp) / LABELS_FILE  # an Asset keeps its file name: assets/labels.txt
+        labels.write_text("".join(f"{c}\n" for c in classes))
+        module = Classifier(model, classes, labels)
+        tf.saved_model.save(module, str(version_dir), signatures={
+            SERVING_DEFAULT: module.serve_image_bytes,
+            PREDICT_IMAGES: module.serve_images,
+            CLASSIFY: module.serve_classify,
+        })
+    write_warmup(version_dir / WARMUP_FILE, warmup_images[:WARMUP_RECORDS])
+
+
+def write_warmup(path: Path, images: list[bytes]) -> None:
+    """TF Serving replays these PredictionLog records before the version becomes AVAILABLE,
+    so the first real request does not pay for graph initialisation."""
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        model_pb2,
+        predict_pb2,
+        prediction_log_pb2,
+    )
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for image in images:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(signature_name=SERVING_DEFAULT))
+            request.inputs[IMAGE_BYTES_INPUT].CopyFrom(
+                tf.make_tensor_proto([image], dtype=tf.string))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+        if images:  # the Classify path too, so its graph is warm as well
+            request = classification_pb2.ClassificationRequest(
+                model_spec=model_pb2.ModelSpec(signature_name=CLASSIFY))
+            example = request.input.example_list.examples.add()
+            example.features.feature[EXAMPLE_IMAGE_FEATURE].bytes_list.value.append(images[0])
+            log = prediction_log_pb2.PredictionLog(
+                classify_log=prediction_log_pb2.ClassifyLog(request=request))
+            writer.write(log.SerializeToString())

@@ -1,0 +1,148 @@
+"""fc2 features, computed once per image and kept in a content-addressed cache.
+
+The frozen VGG16 is deterministic, so an image's fc2 features depend only on its bytes, the
+weights and the preprocessing. The cache key is exactly that:
+`<cache>/<weights sha256[:16]>-<preprocessing version>/<image sha256[:2]>/<image sha256>.npy`.
+One entry per image, each written atomically, so several workers (for example the shards of
+a Kubernetes Indexed Job) can fill the same cache in parallel and an interrupted run leaves
+only complete entries behind.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from trainer.data import ImageSet, Skipped
+from trainer.model import FEATURE_DIM, BaseModel, feature_function
+from trainer.preprocessing import PREPROCESSING_VERSION, decode_and_resize, preprocess_image_bytes
+from trainer.storage import TRANSFER_WORKERS, Location
+
+UNDECODABLE = "cannot be decoded by TensorFlow (corrupt or truncated)"
+
+
+class FeatureCache:
+    """Reads and writes fc2 feature vectors keyed by image content."""
+
+    def __init__(self, location: Location, weights_sha256: str):
+        self.location = location
+        self.namespace = f"{weights_sha256[:16]}-{PREPROCESSING_VERSION}"
+
+    def key(self, image_sha256: str) -> str:
+        return f"{self.namespace}/{image_sha256[:2]}/{image_sha256}.npy"
+
+    def get_many(self, digests: list[str]) -> dict[str, np.ndarray]:
+        """Valid cached vectors for the given image hashes; corrupt entries count as misses."""
+        found = {}
+        entries = self.location.read_many([self.key(d) for d in digests])
+        for digest, (_, data) in zip(digests, entries, strict=True):
+            vector = _decode_entry(data)
+            if vector is not None:
+                found[digest] = vector
+        return found
+
+    def put(self, image_sha256: str, vector: np.ndarray) -> None:
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(vector, dtype=np.float32), allow_pickle=False)
+        self.location.write_bytes(self.key(image_sha256), buf.getvalue())
+
+
+def _decode_entry(data: bytes | None) -> np.ndarray | None:
+    if data is None:
+        return None
+    try:
+        vector = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return None
+    if vector.shape != (FEATURE_DIM,) or vector.dtype != np.float32 or \
+            not np.isfinite(vector).all():
+        return None
+    return vector
+
+
+@dataclass
+class Features:
+    """fc2 features for the usable images of an ImageSet (rows align with `images`)."""
+
+    images: ImageSet  # only images whose features exist (undecodable ones removed)
+    vectors: np.ndarray  # [len(images), 4096] float32
+    from_cache: int
+    computed: int
+    seconds: float
+
+
+def image_pipeline(contents: list[bytes], fn, batch_size: int) -> tf.data.Dataset:
+    """(index, fn(image bytes)) batches: parallel decode, order kept, prefetched.
+
+    Images that fail to decode are dropped (their index is missing from the output), so the
+    caller learns which ones are unusable without a separate validation pass.
+    """
+    ds = tf.data.Dataset.from_tensor_slices(
+        (tf.range(len(contents), dtype=tf.int64), tf.constant(contents, dtype=tf.string)))
+    ds = ds.map(lambda i, b: (i, fn(b)), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    ds = ds.ignore_errors(log_warning=False)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _drop_undecodable(images: ImageSet, ok: np.ndarray) -> ImageSet:
+    bad = [Skipped(images.paths[i], UNDECODABLE) for i in np.flatnonzero(~ok)]
+    kept = images.subset(np.flatnonzero(ok))
+    kept.skipped = sorted(images.skipped + bad, key=lambda s: s.path)
+    return kept
+
+
+def extract_features(images: ImageSet, base: BaseModel, cache: FeatureCache | None,
+                     batch_size: int, quiet: bool = False) -> Features:
+    """fc2 features for every decodable image: from the cache where possible, else computed
+    once through VGG16 (and written to the cache as they come, so progress survives a kill)."""
+    start = time.perf_counter()
+    n = len(images)
+    vectors = np.zeros((n, FEATURE_DIM), dtype=np.float32)
+    ok = np.zeros(n, dtype=bool)
+
+    cached = cache.get_many(sorted(set(images.sha256))) if cache else {}
+    for i, digest in enumerate(images.sha256):
+        if digest in cached:
+            vectors[i], ok[i] = cached[digest], True
+    from_cache = int(ok.sum())
+
+    todo = np.flatnonzero(~ok)
+    computed = 0
+    if len(todo):
+        extract = feature_function(base)
+        pipeline = image_pipeline([images.contents[i] for i in todo], preprocess_image_bytes,
+                                  batch_size)
+        bar = tqdm(total=len(todo), desc="extracting fc2 features", unit="img", disable=quiet)
+        with bar, ThreadPoolExecutor(TRANSFER_WORKERS) as writer:
+            pending = []
+            for local_idx, batch in pipeline:
+                feats = extract(batch).numpy()
+                rows = todo[local_idx.numpy()]
+                vectors[rows], ok[rows] = feats, True
+                computed += len(rows)
+                if cache:
+                    pending += [writer.submit(cache.put, images.sha256[r], vectors[r])
+                                for r in rows]
+                bar.update(len(rows))
+            if computed < len(todo):  # undecodable images were dropped from the pipeline
+                bar.total = computed
+                bar.refresh()
+            for f in pending:
+                f.result()
+    usable = _drop_undecodable(images, ok)
+    return Features(usable, vectors[ok], from_cache, computed, time.perf_counter() - start)
+
+
+def decodable(images: ImageSet, batch_size: int) -> ImageSet:
+    """The --no-cache path's check: which images TensorFlow can decode (no VGG16 pass)."""
+    ok = np.zeros(len(images), dtype=bool)
+    for idx, _ in image_pipeline(images.contents, decode_and_resize, batch_size):
+        ok[idx.numpy()] = True
+    return _drop_undecodable(images, ok)

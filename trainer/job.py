@@ -1,0 +1,148 @@
+"""The training job, end to end: read images, features, train, gate, export, report, publish."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trainer.config import TrainConfig
+from trainer.data import ImageSet, check_class_sizes, load_images, stratified_split
+from trainer.errors import GateNotMet
+from trainer.export import export_saved_model
+from trainer.features import FeatureCache, decodable, extract_features
+from trainer.manifest import build_manifest, list_version_files
+from trainer.model import BaseModel, build_base, full_model
+from trainer.preprocessing import IMAGE_SIZE, PREPROCESSING, PREPROCESSING_VERSION
+from trainer.publish import publish
+from trainer.report import classification_metrics, write_config, write_report
+from trainer.storage import open_location
+from trainer.train import FitResult, fit_end_to_end, fit_on_features
+
+log = logging.getLogger(__name__)
+REPORT_SUBDIR = "assets.extra/report"
+
+
+@dataclass
+class JobResult:
+    version: int | None  # None when the accuracy gate stopped publication
+    uri: str | None
+    metrics: dict
+    fit: FitResult
+    base: BaseModel
+    images: ImageSet  # the usable images, in the order used for training/validation
+    val_index: np.ndarray
+
+
+def _image_counts(images: ImageSet, train: np.ndarray, val: np.ndarray) -> dict:
+    per_class = {c: {"train": int((images.labels[train] == i).sum()),
+                     "val": int((images.labels[val] == i).sum())}
+                 for i, c in enumerate(images.classes)}
+    return {"train": len(train), "val": len(val), "per_class": per_class}
+
+
+def run(config: TrainConfig) -> JobResult:
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def lap(name: str, since: float) -> float:
+        now = time.perf_counter()
+        timings[name] = round(now - since, 3)
+        return now
+
+    t = started
+    images = load_images(config.data, quiet=config.quiet)
+    t = lap("read_images", t)
+    base = build_base(config.weights, config.seed)
+    t = lap("build_model", t)
+
+    from_cache = computed = 0
+    if config.cache is not None:
+        cache = FeatureCache(open_location(config.cache), base.weights_sha256)
+        features = extract_features(images, base, cache, config.batch_size, config.quiet)
+        images, vectors = features.images, features.vectors
+        from_cache, computed = features.from_cache, features.computed
+        log.info("features: %d from cache, %d computed with VGG16", from_cache, computed)
+    else:
+        images = decodable(images, config.batch_size)
+    t = lap("features", t)
+    if images.skipped:
+        log.warning("skipped %d files (listed in the report): %s", len(images.skipped),
+                    "; ".join(f"{s.path}: {s.reason}" for s in images.skipped[:5]) +
+                    (" ..." if len(images.skipped) > 5 else ""))
+    check_class_sizes(images, config.data)
+
+    train, val = stratified_split(images.labels, config.val_split, config.seed)
+    fit_args = dict(epochs=config.epochs, batch_size=config.batch_size,
+                    learning_rate=config.learning_rate, seed=config.seed,
+                    verbose=0 if config.quiet else 2)
+    n_classes = len(images.classes)
+    if config.cache is not None:
+        fit = fit_on_features(vectors[train], images.labels[train], vectors[val],
+                              images.labels[val], n_classes, **fit_args)
+    else:
+        fit = fit_end_to_end(base, [images.contents[i] for i in train], images.labels[train],
+                             [images.contents[i] for i in val], images.labels[val], n_classes,
+                             **fit_args)
+    t = lap("train", t)
+
+    validation = classification_metrics(images.classes, images.labels[val],
+                                         fit.val_probabilities)
+    validation["loss"] = fit.history["val_loss"][-1]
+    metrics = {
+        "model_name": config.model_name,
+        "classes": images.classes,
+        "history": fit.history,
+        "validation": validation,
+        "images": _image_counts(images, train, val),
+        "skipped": [{"path": s.path, "reason": s.reason} for s in images.skipped],
+        "features": {"cache": config.cache, "from_cache": from_cache, "computed": computed},
+        "timings_s": timings,
+    }
+    result = JobResult(None, None, metrics, fit, base, images, val)
+
+    with tempfile.TemporaryDirectory(prefix="trainer-") as work:
+        version_dir = Path(work) / "version"
+        report_dir = version_dir / REPORT_SUBDIR
+        if validation["accuracy"] < config.min_val_accuracy:
+            write_report(report_dir, metrics, fit.history)
+            _copy_report(report_dir, config.report_dir)
+            raise GateNotMet(f"validation accuracy {validation['accuracy']:.4f} is below "
+                             f"--min-val-accuracy {config.min_val_accuracy}; nothing published")
+
+        model = full_model(base, fit.head)
+        export_saved_model(model, images.classes, version_dir,
+                           [images.contents[i] for i in val])
+        t = lap("export", t)
+        timings["total_before_publish"] = round(t - started, 3)
+        write_report(report_dir, metrics, fit.history)
+
+        version = config.version or int(time.time())
+        write_config(report_dir, config.resolved(version).to_json())
+        files = list_version_files(version_dir)
+        manifest = build_manifest(
+            model_name=config.model_name, version=version, classes=images.classes,
+            base_model={"name": "vgg16", "weights": config.weights,
+                        "weights_sha256": base.weights_sha256},
+            input_spec={"image_size": list(IMAGE_SIZE), "preprocessing": PREPROCESSING,
+                        "preprocessing_version": PREPROCESSING_VERSION},
+            metrics={"val_accuracy": validation["accuracy"], "val_loss": validation["loss"],
+                     "train_images": len(train), "val_images": len(val)},
+            dataset={"uri": config.data, "fingerprint": images.fingerprint(),
+                     "images": len(images), "skipped": len(images.skipped)},
+            files=files)
+        result.uri = publish(version_dir, files, manifest, config.output, config.model_name,
+                             version, quiet=config.quiet)
+        result.version = version
+        _copy_report(report_dir, config.report_dir)
+    return result
+
+
+def _copy_report(report_dir: Path, destination: str | None) -> None:
+    if destination:
+        shutil.copytree(report_dir, Path(destination).expanduser(), dirs_exist_ok=True)

@@ -1,0 +1,132 @@
+"""The network: frozen VGG16 up to fc2, and the one new softmax layer that is trained.
+
+This is the classic transfer-learning recipe (ml4a guide): keep VGG16 with its ImageNet
+weights, freeze every layer, and connect a new softmax over the user's classes to the
+second-to-last layer (fc2, 4096 features).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainer.errors import InputError, StorageError
+from trainer.preprocessing import IMAGE_SIZE
+
+FEATURE_LAYER = "fc2"
+FEATURE_DIM = 4096
+HEAD_NAME = "classifier"
+WEIGHT_FILE_SUFFIXES = (".h5", ".weights.h5", ".hdf5")
+
+
+@dataclass
+class BaseModel:
+    """VGG16 up to fc2, frozen, with what identifies its weights."""
+
+    features: keras.Model  # image (preprocessed) -> fc2 features
+    weights: str  # "imagenet", "none", or the path/URI it was loaded from
+    weights_sha256: str  # sha256 over the weight tensors up to fc2, in layer order
+
+
+def weights_fingerprint(model: keras.Model) -> str:
+    """sha256 over every weight tensor of `model`, in order: identical weights, identical hash.
+
+    Hashing the loaded tensors (not the file) makes the fingerprint the same whether the
+    weights came from Keras' ImageNet download, a local .h5 or an s3:// copy of it.
+    """
+    h = hashlib.sha256()
+    for w in model.weights:
+        arr = np.ascontiguousarray(keras.ops.convert_to_numpy(w))
+        h.update(f"{arr.dtype}{arr.shape}".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _fetch_weights_file(weights: str, workdir: Path) -> str:
+    """A local path for --weights PATH or s3://...; a clear error when it is not there."""
+    if weights.startswith("s3://"):
+        from trainer.storage import open_location
+
+        loc = open_location(weights)
+        parent, _, name = loc.uri.rpartition("/")
+        local = workdir / name
+        open_location(parent).download_file(name, local)
+        return str(local)
+    path = Path(weights.removeprefix("file://")).expanduser()
+    if not path.is_file():
+        raise InputError(f"--weights {weights}: no such file (expected 'imagenet', 'none', "
+                         "or a Keras .h5/.weights.h5 file)")
+    return str(path)
+
+
+def build_base(weights: str, seed: int) -> BaseModel:
+    """VGG16 (include_top=True) with the requested weights, cut at fc2 and frozen."""
+    keras.utils.set_random_seed(seed)  # --weights none: the random init is a function of seed
+    if weights == "imagenet":
+        try:
+            vgg = keras.applications.VGG16(include_top=True, weights="imagenet")
+        except Exception as e:  # Keras raises plain Exception("URL fetch failure ...")
+            raise StorageError("cannot download the ImageNet VGG16 weights "
+                               f"({type(e).__name__}: {e}); the trainer image has them built "
+                               "in, or use --weights none / a local file") from e
+    elif weights == "none":
+        vgg = keras.applications.VGG16(include_top=True, weights=None)
+    else:
+        if not weights.lower().endswith(WEIGHT_FILE_SUFFIXES):
+            raise InputError(f"--weights {weights}: expected 'imagenet', 'none', or a Keras "
+                             f"weights file ending in {', '.join(WEIGHT_FILE_SUFFIXES)}")
+        with tempfile.TemporaryDirectory(prefix="weights-") as tmp:
+            local = _fetch_weights_file(weights, Path(tmp))
+            vgg = keras.applications.VGG16(include_top=True, weights=None)
+            try:
+                vgg.load_weights(local)
+            except Exception as e:  # h5py/Keras raise OSError, ValueError, KeyError...
+                raise InputError(f"--weights {weights}: not a VGG16 weights file "
+                                 f"({type(e).__name__}: {e})") from e
+    features = keras.Model(vgg.input, vgg.get_layer(FEATURE_LAYER).output, name="vgg16_fc2")
+    for layer in features.layers:
+        layer.trainable = False
+    features.trainable = False
+    return BaseModel(features=features, weights=weights,
+                     weights_sha256=weights_fingerprint(features))
+
+
+def build_head(num_classes: int, seed: int) -> keras.layers.Dense:
+    """The only trained layer: softmax over the classes, on fc2's 4096 features."""
+    return keras.layers.Dense(
+        num_classes, activation="softmax", name=HEAD_NAME,
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed))
+
+
+def head_model(head: keras.layers.Dense) -> keras.Model:
+    """fc2 features -> class probabilities (what the cached path trains)."""
+    inputs = keras.Input((FEATURE_DIM,), name="fc2_features")
+    return keras.Model(inputs, head(inputs), name="head")
+
+
+def full_model(base: BaseModel, head: keras.layers.Dense) -> keras.Model:
+    """Preprocessed image -> class probabilities: frozen VGG16 to fc2, then the head."""
+    inputs = keras.Input((*IMAGE_SIZE, 3), name="image")
+    return keras.Model(inputs, head(base.features(inputs)), name="vgg16_transfer")
+
+
+def compile_for_training(model: keras.Model, learning_rate: float) -> None:
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+                  loss="categorical_crossentropy", metrics=["accuracy"])
+
+
+def feature_function(base: BaseModel):
+    """A traced-once function for feature extraction (fixed signature: no retracing)."""
+    spec = tf.TensorSpec([None, *IMAGE_SIZE, 3], tf.float32)
+
+    @tf.function(input_signature=[spec])
+    def extract(images):
+        return base.features(images, training=False)
+
+    return extract

@@ -1,0 +1,101 @@
+"""Publishing a finished version folder to `<models_uri>/<model_name>/<version>/`.
+
+Every file is uploaded first and `_MANIFEST.json` last, so a version either exists
+completely for readers or not at all. A published version is never overwritten. On a local
+output the folder is assembled under a hidden temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tqdm import tqdm
+
+from trainer.errors import InputError, UserError
+from trainer.manifest import MANIFEST_FILE, ManifestFile
+from trainer.storage import TRANSFER_WORKERS, ByteProgress, LocalLocation, Location, open_location
+
+log = logging.getLogger(__name__)
+
+
+def _already_published(model_name: str, version: int, where: str) -> InputError:
+    return InputError(f"version {version} of model {model_name!r} already exists at {where}; "
+                      "published versions are never overwritten (choose another --version)")
+
+
+def publish(version_dir: Path, files: list[ManifestFile], manifest: dict, output_uri: str,
+            model_name: str, version: int, quiet: bool = False) -> str:
+    """Upload `files` of `version_dir`, then the manifest. Returns the version's URI."""
+    models = open_location(output_uri).child(model_name)
+    (version_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    if isinstance(models, LocalLocation):
+        return _publish_local(version_dir, models, model_name, version)
+    return _publish_remote(version_dir, files, models, model_name, version, quiet)
+
+
+def _publish_local(version_dir: Path, models: LocalLocation, model_name: str,
+                   version: int) -> str:
+    final = models.root / str(version)
+    if final.exists():
+        raise _already_published(model_name, version, str(final))
+    models.root.mkdir(parents=True, exist_ok=True)
+    # A non-numeric hidden name: TF Serving and the puller ignore it until the rename.
+    staging = Path(tempfile.mkdtemp(prefix=f".incoming-{version}-", dir=models.root))
+    try:
+        shutil.copytree(version_dir, staging, dirs_exist_ok=True)
+        try:
+            os.rename(staging, final)  # atomic; fails if `final` appeared meanwhile
+        except OSError as e:
+            raise _already_published(model_name, version, str(final)) from e
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return str(final)
+
+
+def _publish_remote(version_dir: Path, files: list[ManifestFile], models: Location,
+                    model_name: str, version: int, quiet: bool) -> str:
+    target = models.child(str(version))
+    existing = [e.path for e in target.list_files()]
+    if MANIFEST_FILE in existing:
+        raise _already_published(model_name, version, target.uri)
+    if existing:
+        # No manifest: an earlier upload died half-way. Readers never saw it; clear it.
+        log.warning("removing %d files of an incomplete earlier upload at %s",
+                    len(existing), target.uri)
+        target.delete(existing)
+
+    total = sum(f.size for f in files)
+    bar = tqdm(total=total, desc=f"uploading version {version}", unit="B", unit_scale=True,
+               unit_divisor=1024, disable=quiet)
+    try:
+        with bar, ThreadPoolExecutor(TRANSFER_WORKERS) as pool:
+            progress = ByteProgress(bar)
+            futures = [pool.submit(target.upload_file, f.path, version_dir / f.path, progress)
+                       for f in sorted(files, key=lambda f: -f.size)]  # largest first
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+        race = target.exists(MANIFEST_FILE)
+        if not race:
+            target.write_bytes(MANIFEST_FILE, (version_dir / MANIFEST_FILE).read_bytes())
+    except (UserError, KeyboardInterrupt, SystemExit):
+        # Best effort: remove what we uploaded. No manifest was written, so even if this
+        # fails (the store is down) no reader will ever see the partial version.
+        with contextlib.suppress(UserError, OSError):
+            target.delete([f.path for f in files])
+        raise
+    if race:  # another run published this version while we uploaded: its files are now ours
+        raise _already_published(model_name, version, target.uri)
+    return target.uri

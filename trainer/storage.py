@@ -1,0 +1,352 @@
+"""Locations: a local folder or an `s3://bucket/prefix`, behind one small interface.
+
+DESIGN section 3: a location is a URI. S3 endpoint, region and credentials come only from the
+standard AWS environment, which boto3 reads itself (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).
+Every S3 call goes through botocore's standard retry mode; what still fails becomes a
+`StorageError` (exit 3) with one clear line, or an `InputError` (exit 2) when the location
+itself is wrong (no such bucket).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+
+from trainer.errors import InputError, StorageError
+
+# Retries: botocore's "standard" mode backs off exponentially with jitter on throttling,
+# 5xx and connection errors. 5 attempts span roughly 20 s of outage.
+S3_MAX_ATTEMPTS = 5
+S3_CONNECT_TIMEOUT_S = 5
+S3_READ_TIMEOUT_S = 60
+# Parallel transfers: object stores reward concurrency; 16 keeps a laptop responsive.
+TRANSFER_WORKERS = 16
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file below a location: its path relative to the location ('/'-separated) and size."""
+
+    path: str
+    size: int
+
+
+def open_location(uri: str) -> Location:
+    """Parse `s3://bucket/prefix`, `file:///x` or a plain path into a Location."""
+    if not uri:
+        raise InputError("empty location: expected a local path or s3://bucket/prefix")
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise InputError(f"S3 location has no bucket: {uri!r} (expected s3://bucket/prefix)")
+        return S3Location(parsed.netloc, parsed.path.strip("/"))
+    if parsed.scheme == "file":
+        return LocalLocation(Path(parsed.path))
+    if parsed.scheme and len(parsed.scheme) > 1:  # one letter would be a Windows drive
+        raise InputError(f"unsupported location scheme {parsed.scheme!r} in {uri!r}: "
+                         "use a local path or s3://bucket/prefix")
+    return LocalLocation(Path(uri))
+
+
+def check_relative(path: str) -> str:
+    """Refuse paths that would escape their location (absolute, '..', empty parts)."""
+    p = PurePosixPath(path)
+    if not path or p.is_absolute() or any(part in ("..", ".", "") for part in path.split("/")):
+        raise InputError(f"invalid relative path {path!r}")
+    return path
+
+
+class Location:
+    """A folder-like place. Paths given to methods are relative and '/'-separated."""
+
+    uri: str
+
+    def child(self, *parts: str) -> Location:
+        raise NotImplementedError
+
+    def list_files(self) -> list[FileEntry]:
+        """Every file below this location, recursively, sorted by path."""
+        raise NotImplementedError
+
+    def list_dirs(self) -> list[str]:
+        """Names of the immediate sub-folders (S3: common prefixes)."""
+        raise NotImplementedError
+
+    def exists(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def is_empty(self) -> bool:
+        """True when nothing at all lies below this location."""
+        raise NotImplementedError
+
+    def read_bytes(self, path: str) -> bytes:
+        raise NotImplementedError
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write one file so that readers see either nothing or all of it."""
+        raise NotImplementedError
+
+    def upload_file(self, path: str, local: Path, progress: Callable[[int], None] | None) -> None:
+        raise NotImplementedError
+
+    def download_file(self, path: str, local: Path,
+                      progress: Callable[[int], None] | None = None) -> None:
+        raise NotImplementedError
+
+    def delete(self, paths: Iterable[str]) -> None:
+        raise NotImplementedError
+
+    def read_many(self, paths: list[str]) -> Iterator[tuple[str, bytes | None]]:
+        """Read several files concurrently; yields (path, bytes) in input order, None if missing."""
+        def read(p: str) -> bytes | None:
+            try:
+                return self.read_bytes(p)
+            except FileNotFoundError:
+                return None
+        with ThreadPoolExecutor(TRANSFER_WORKERS) as pool:
+            yield from zip(paths, pool.map(read, paths), strict=True)
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+class LocalLocation(Location):
+    def __init__(self, root: Path):
+        self.root = root.expanduser().absolute()
+        self.uri = str(self.root)
+
+    def child(self, *parts: str) -> LocalLocation:
+        return LocalLocation(self.root.joinpath(*parts))
+
+    def _path(self, path: str) -> Path:
+        return self.root / check_relative(path)
+
+    def list_files(self) -> list[FileEntry]:
+        if not self.root.is_dir():
+            return []
+        entries = []
+        # Symlinked folders are not followed (no loops); symlinked files are read through.
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for name in filenames:
+                full = Path(dirpath) / name
+                rel = full.relative_to(self.root).as_posix()
+                try:
+                    size = full.stat().st_size
+                except OSError:  # a broken symlink: listed, and reading it will fail visibly
+                    size = -1
+                entries.append(FileEntry(rel, size))
+        return sorted(entries, key=lambda e: e.path)
+
+    def list_dirs(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
+
+    def exists(self, path: str) -> bool:
+        return self._path(path).exists()
+
+    def is_empty(self) -> bool:
+        return not self.root.is_dir() or not any(self.root.iterdir())
+
+    def read_bytes(self, path: str) -> bytes:
+        return self._path(path).read_bytes()
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        target = self._path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def upload_file(self, path: str, local: Path, progress: Callable[[int], None] | None) -> None:
+        target = self._path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, target)
+        if progress:
+            progress(local.stat().st_size)
+
+    def download_file(self, path: str, local: Path,
+                      progress: Callable[[int], None] | None = None) -> None:
+        shutil.copyfile(self._path(path), local)
+        if progress:
+            progress(local.stat().st_size)
+
+    def delete(self, paths: Iterable[str]) -> None:
+        for p in paths:
+            with contextlib.suppress(FileNotFoundError):
+                self._path(p).unlink()
+
+
+@functools.cache
+def s3_client():
+    """One boto3 client per process (they are thread-safe); configuration from the AWS env."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
+        connect_timeout=S3_CONNECT_TIMEOUT_S,
+        read_timeout=S3_READ_TIMEOUT_S,
+        max_pool_connections=TRANSFER_WORKERS * 2,
+    )
+    return boto3.client("s3", config=config)
+
+
+def _transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, max_concurrency=8)
+
+
+@contextlib.contextmanager
+def s3_errors(what: str, uri: str) -> Iterator[None]:
+    """Translate botocore failures (already retried) into one-line user errors."""
+    from botocore import exceptions as bx
+
+    try:
+        yield
+    except bx.NoCredentialsError as e:
+        raise StorageError(f"{what} {uri}: no S3 credentials found; set AWS_ACCESS_KEY_ID and "
+                           "AWS_SECRET_ACCESS_KEY (or use an instance/pod role)") from e
+    except bx.ClientError as e:
+        err = e.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "NoSuchBucket":
+            raise InputError(f"{what} {uri}: bucket does not exist") from e
+        if code in ("NoSuchKey", "404") or status == 404:
+            raise InputError(f"{what} {uri}: no such object") from e
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                    "ExpiredToken", "InvalidToken") or status == 403:
+            raise StorageError(f"{what} {uri}: access denied by the object store ({code}); "
+                               "check the S3 credentials and their permissions") from e
+        raise StorageError(f"{what} {uri}: object store error {code or status}: "
+                           f"{err.get('Message', e)}") from e
+    except (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.ConnectTimeoutError,
+            bx.ReadTimeoutError, bx.ProxyConnectionError) as e:
+        raise StorageError(f"{what} {uri}: cannot reach the object store after "
+                           f"{S3_MAX_ATTEMPTS} attempts ({e})") from e
+    except bx.BotoCoreError as e:
+        raise StorageError(f"{what} {uri}: {e}") from e
+
+
+class S3Location(Location):
+    def __init__(self, bucket: str, prefix: str):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+
+    def child(self, *parts: str) -> S3Location:
+        return S3Location(self.bucket, "/".join(p.strip("/") for p in (self.prefix, *parts) if p))
+
+    def _key(self, path: str) -> str:
+        check_relative(path)
+        return f"{self.prefix}/{path}" if self.prefix else path
+
+    def _dir_prefix(self) -> str:
+        return f"{self.prefix}/" if self.prefix else ""
+
+    def list_files(self) -> list[FileEntry]:
+        base = self._dir_prefix()
+        entries = []
+        with s3_errors("cannot list", self.uri):
+            pages = s3_client().get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    rel = obj["Key"][len(base):]
+                    if rel and not rel.endswith("/"):  # skip folder marker objects
+                        entries.append(FileEntry(rel, int(obj["Size"])))
+        return sorted(entries, key=lambda e: e.path)
+
+    def list_dirs(self) -> list[str]:
+        base = self._dir_prefix()
+        names = []
+        with s3_errors("cannot list", self.uri):
+            pages = s3_client().get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base, Delimiter="/")
+            for page in pages:
+                for cp in page.get("CommonPrefixes", []):
+                    names.append(cp["Prefix"][len(base):].rstrip("/"))
+        return sorted(n for n in names if n)
+
+    def exists(self, path: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        with s3_errors("cannot check", self.uri):
+            try:
+                s3_client().head_object(Bucket=self.bucket, Key=self._key(path))
+                return True
+            except ClientError as e:
+                if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                    return False
+                raise
+
+    def is_empty(self) -> bool:
+        with s3_errors("cannot list", self.uri):
+            resp = s3_client().list_objects_v2(
+                Bucket=self.bucket, Prefix=self._dir_prefix(), MaxKeys=1)
+        return resp.get("KeyCount", 0) == 0
+
+    def read_bytes(self, path: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        with s3_errors("cannot read", f"{self.uri}/{path}"):
+            try:
+                resp = s3_client().get_object(Bucket=self.bucket, Key=self._key(path))
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    raise FileNotFoundError(f"{self.uri}/{path}") from e
+                raise
+            return resp["Body"].read()
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        # A single PUT is atomic: readers see the old object, no object, or all of the new one.
+        with s3_errors("cannot write", f"{self.uri}/{path}"):
+            s3_client().put_object(Bucket=self.bucket, Key=self._key(path), Body=data)
+
+    def upload_file(self, path: str, local: Path, progress: Callable[[int], None] | None) -> None:
+        with s3_errors("cannot upload to", f"{self.uri}/{path}"):
+            s3_client().upload_file(str(local), self.bucket, self._key(path),
+                                    Callback=progress, Config=_transfer_config())
+
+    def download_file(self, path: str, local: Path,
+                      progress: Callable[[int], None] | None = None) -> None:
+        with s3_errors("cannot download", f"{self.uri}/{path}"):
+            s3_client().download_file(self.bucket, self._key(path), str(local),
+                                      Callback=progress, Config=_transfer_config())
+
+    def delete(self, paths: Iterable[str]) -> None:
+        keys = [{"Key": self._key(p)} for p in paths]
+        with s3_errors("cannot delete from", self.uri):
+            for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+                s3_client().delete_objects(Bucket=self.bucket,
+                                           Delete={"Objects": keys[i:i + 1000], "Quiet": True})
+
+
+class ByteProgress:
+    """A thread-safe byte counter feeding a tqdm bar (boto3 calls back from worker threads)."""
+
+    def __init__(self, bar):
+        self._bar = bar
+        self._lock = threading.Lock()
+
+    def __call__(self, n: int) -> None:
+        with self._lock:
+            self._bar.update(n)
