@@ -111,3 +111,76 @@ def published_s3(seaweed, sample_s3):
                    "--version", "1", check=True)
     return {"models": models, "cache": cache, "data": sample_s3, "proc": proc,
             "version_uri": f"{models}/demo/1"}
+
+
+class TinyModel:
+    """A model trained in-process on 2x6 sample images, published locally as version 1,
+    with the trainer's own predictions for every image (head on cached fc2 features)."""
+
+    def __init__(self, result, root: Path):
+        from trainer.features import FeatureCache, extract_features
+        from trainer.model import head_model
+
+        self.result = result
+        self.root = root
+        self.name = "tiny"
+        self.base_path = root / "models" / self.name
+        self.version_dir = self.base_path / "1"
+        images = result.images
+        cache = FeatureCache(open_location_(root / "cache"), result.base.weights_sha256)
+        features = extract_features(images, result.base, cache, batch_size=4, quiet=True)
+        assert features.computed == 0  # all from the training run's cache
+        probabilities = head_model(result.fit.head).predict(features.vectors, verbose=0)
+        self.classes = images.classes
+        self.files = list(zip(images.paths, images.contents, strict=True))
+        self.expected = {path: probs for path, probs in
+                         zip(images.paths, probabilities, strict=True)}
+
+    def image(self, fmt: str) -> tuple[str, bytes]:
+        """The first image whose file is in format `fmt` ("JPEG", "PNG", ...)."""
+        import io
+
+        from PIL import Image
+
+        for path, data in self.files:
+            with Image.open(io.BytesIO(data)) as im:
+                if im.format == fmt:
+                    return path, data
+        raise LookupError(fmt)
+
+
+def open_location_(path: Path):
+    from trainer.storage import open_location
+
+    return open_location(str(path))
+
+
+# Small enough for 2 CPU cores, big enough that each epoch has several shuffled batches.
+TINY = dict(epochs=3, batch_size=4, val_split=0.34, seed=3, weights="none")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> TinyModel:
+    from trainer.config import TrainConfig
+    from trainer.job import run
+    from trainer.sample_data import write_sample_data
+
+    root = tmp_path_factory.mktemp("tiny")
+    write_sample_data(str(root / "data"), num_classes=2, per_class=6, seed=11, quiet=True)
+    config = TrainConfig(data=str(root / "data"), output=str(root / "models"),
+                         model_name="tiny", cache=str(root / "cache"),
+                         report_dir=str(root / "report"), version=1, quiet=True, **TINY)
+    return TinyModel(run(config), root)
+
+
+def link_version(source: Path, base_path: Path, version: int) -> Path:
+    """Publish a copy of a version folder the way the puller does: assembled under a hidden
+    name, then renamed into place atomically (files are hard links: fast, no extra disk)."""
+    import os
+    import shutil
+
+    staging = base_path / f".incoming-{version}"
+    shutil.copytree(source, staging, copy_function=os.link)
+    final = base_path / str(version)
+    os.rename(staging, final)
+    return final

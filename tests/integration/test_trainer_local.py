@@ -9,31 +9,22 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from tests.conftest import TINY
 from trainer.config import TrainConfig
 from trainer.export import CLASSIFY, PREDICT_IMAGES, SERVING_DEFAULT, WARMUP_FILE
 from trainer.job import REPORT_SUBDIR, run
 from trainer.manifest import MANIFEST_FILE, parse_manifest, sha256_file
 from trainer.preprocessing import decode_and_resize
-from trainer.sample_data import write_sample_data
-
-# Small enough for 2 CPU cores, big enough that each epoch has several shuffled batches.
-TINY = dict(epochs=3, batch_size=4, val_split=0.34, seed=3, weights="none")
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "data"
-    write_sample_data(str(path), num_classes=2, per_class=6, seed=11, quiet=True)
-    return str(path)
+def cached_run(tiny_model):
+    return tiny_model.result, tiny_model.root
 
 
 @pytest.fixture(scope="module")
-def cached_run(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cached")
-    config = TrainConfig(data=tiny_data, output=str(out / "models"), model_name="tiny",
-                         cache=str(out / "cache"), report_dir=str(out / "report"),
-                         version=7, quiet=True, **TINY)
-    return run(config), out
+def tiny_data(tiny_model):
+    return str(tiny_model.root / "data")
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +113,7 @@ def test_version_folder_has_labels_warmup_report_and_a_true_manifest(cached_run)
     from tensorflow_serving.apis import prediction_log_pb2
 
     result, out = cached_run
-    version_dir = out / "models" / "tiny" / "7"
+    version_dir = out / "models" / "tiny" / "1"
     assert result.uri == str(version_dir)
     assert (version_dir / "assets" / "labels.txt").read_text().split() == result.images.classes
     for name in ("saved_model.pb", "fingerprint.pb", "variables/variables.index"):
@@ -136,7 +127,7 @@ def test_version_folder_has_labels_warmup_report_and_a_true_manifest(cached_run)
     assert request.model_spec.signature_name == SERVING_DEFAULT
     assert request.inputs["image_bytes"].string_val[0] in val_files(result)
 
-    manifest = parse_manifest((version_dir / MANIFEST_FILE).read_bytes(), expected_version=7)
+    manifest = parse_manifest((version_dir / MANIFEST_FILE).read_bytes(), expected_version=1)
     on_disk = sorted(p.relative_to(version_dir).as_posix() for p in version_dir.rglob("*")
                      if p.is_file() and p.name != MANIFEST_FILE)
     assert sorted(f.path for f in manifest.files) == on_disk
@@ -157,7 +148,7 @@ def test_version_folder_has_labels_warmup_report_and_a_true_manifest(cached_run)
     assert set(metrics["validation"]["per_class"]) == set(result.images.classes)
     assert metrics["features"]["computed"] == 12
     config = json.loads((report / "config.json").read_text())
-    assert config["version"] == 7 and config["weights"] == "none"
+    assert config["version"] == 1 and config["weights"] == "none"
     for png in ("training_curves.png", "confusion_matrix.png"):
         with Image.open(report / png) as im:
             assert im.format == "PNG" and im.width > 300
