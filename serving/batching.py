@@ -1,0 +1,197 @@
+"""Server-side batching: concurrent requests to the same model version and signature are
+merged into one model call and split back (TF Serving's --enable_batching).
+
+Semantics follow TF Serving's shared batch scheduler: `num_batch_threads` threads take work
+from per-(servable, signature) queues; a batch is formed when it reaches `max_batch_size` or
+its oldest request has waited `batch_timeout_micros` (0: as soon as a thread is free, so
+requests that arrive while the model is busy ride together). A request bigger than
+`max_batch_size` is INVALID_ARGUMENT; a full queue answers UNAVAILABLE at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from serving.config import BatchingOptions
+from serving.errors import ServingError, failed_precondition, invalid_argument, unavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Task:
+    inputs: dict[str, np.ndarray]
+    size: int
+    enqueued: float = field(default_factory=time.monotonic)
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class _Queue:
+    servable: object
+    signature: object
+    tasks: deque = field(default_factory=deque)
+    size: int = 0
+
+
+class Batcher:
+    def __init__(self, options: BatchingOptions, metrics=None):
+        self.options = options
+        self.metrics = metrics
+        self._queues: dict[tuple, _Queue] = {}
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._threads = [threading.Thread(target=self._work, name=f"batch-{i}", daemon=True)
+                         for i in range(options.num_batch_threads)]
+        for t in self._threads:
+            t.start()
+
+    def run(self, servable, signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sizes = {v.shape[0] if v.ndim else -1 for v in inputs.values()}
+        if len(sizes) != 1 or -1 in sizes:
+            raise invalid_argument("Batching session Run() input tensors must have equal "
+                                   "0th-dimension size")
+        size = sizes.pop()
+        limit = self.options.max_batch_size
+        if size > limit:
+            raise invalid_argument(f"Task size {size} is larger than maximum input batch size "
+                                   f"{limit}")
+        servable.validate(signature, inputs)  # a bad request must not join a batch
+        task = _Task(inputs, size)
+        key = (id(servable), signature.name)
+        with self._cond:
+            queue = self._queues.get(key)
+            if queue is None:
+                queue = self._queues[key] = _Queue(servable, signature)
+            if queue.size + size > self.options.max_enqueued_batches * limit:
+                raise unavailable("The batch scheduling queue to which this task was submitted "
+                                  "is full")
+            queue.tasks.append(task)
+            queue.size += size
+            self._cond.notify()
+        if self.metrics:
+            self.metrics.batch_input(size)
+        return task.future.result()
+
+    def _ready_queue(self) -> tuple[_Queue | None, float | None]:
+        """The queue whose oldest task should run now, or how long to wait for one."""
+        now = time.monotonic()
+        timeout = self.options.batch_timeout_micros / 1e6
+        best, wait = None, None
+        for queue in self._queues.values():
+            if not queue.tasks:
+                continue
+            age = now - queue.tasks[0].enqueued
+            if queue.size >= self.options.max_batch_size or age >= timeout:
+                if best is None or queue.tasks[0].enqueued < best.tasks[0].enqueued:
+                    best = queue
+            else:
+                remaining = timeout - age
+                wait = remaining if wait is None else min(wait, remaining)
+        return best, wait
+
+    def _take(self, queue: _Queue) -> list[_Task]:
+        batch, total = [], 0
+        while queue.tasks and total + queue.tasks[0].size <= self.options.max_batch_size:
+            task = queue.tasks.popleft()
+            batch.append(task)
+            total += task.size
+        queue.size -= total
+        if not queue.tasks:
+            self._queues = {k: q for k, q in self._queues.items() if q is not queue}
+        return batch
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._stopping and not self._queues:
+                        return
+                    queue, wait = self._ready_queue()
+                    if queue is not None:
+                        batch = self._take(queue)
+                        break
+                    self._cond.wait(wait)
+            self._execute(queue, batch)
+
+    def _padded_size(self, size: int) -> int:
+        for allowed in self.options.allowed_batch_sizes:
+            if allowed >= size:
+                return allowed
+        return size
+
+    def _execute(self, queue: _Queue, batch: list[_Task]) -> None:
+        started = time.monotonic()
+        try:
+            merged = _merge([t.inputs for t in batch])
+            total = sum(t.size for t in batch)
+            padded = self._padded_size(total)
+            if padded > total:  # TF Serving pads with copies of the first row
+                merged = {k: np.concatenate([v, np.repeat(v[:1], padded - total, axis=0)])
+                          for k, v in merged.items()}
+            outputs = queue.servable.run(queue.signature, merged)
+            for name, value in outputs.items():
+                if value.ndim == 0 or value.shape[0] != padded:
+                    raise invalid_argument(f"Batched output tensor {name} has 0th dimension "
+                                           f"{value.shape[0] if value.ndim else 'none'}, "
+                                           f"expected {padded}")
+        except ServingError as e:
+            if len(batch) > 1 and e.code == grpc.StatusCode.INVALID_ARGUMENT:
+                # One bad request (say, bytes that are not an image) must not fail the
+                # good ones it was merged with: run each on its own to isolate it.
+                self._execute_each(queue, batch)
+                return
+            for t in batch:
+                t.future.set_exception(e)
+            return
+        except Exception as e:  # never leave a caller waiting forever
+            log.exception("batch execution failed")
+            for t in batch:
+                t.future.set_exception(e)
+            return
+        if self.metrics:
+            self.metrics.batch_processed(padded, total, self.options.thread_pool_name,
+                                         [started - t.enqueued for t in batch])
+        offset = 0
+        for t in batch:
+            t.future.set_result({k: v[offset:offset + t.size] for k, v in outputs.items()})
+            offset += t.size
+
+    def _execute_each(self, queue: _Queue, batch: list[_Task]) -> None:
+        for t in batch:
+            try:
+                t.future.set_result(queue.servable.run(queue.signature, t.inputs))
+            except ServingError as e:
+                t.future.set_exception(e)
+            except Exception as e:
+                log.exception("request execution failed")
+                t.future.set_exception(e)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout=60)
+
+
+def _merge(inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    merged = {}
+    for name in inputs[0]:
+        parts = [i[name] for i in inputs]
+        if len({p.shape[1:] for p in parts}) > 1:
+            raise failed_precondition(
+                f"Tensors with name '{name}' from different tasks have different shapes and "
+                "padding is turned off. Set pad_variable_length_inputs to true, or ensure that "
+                "all tensors with the same name have equal dimensions starting with the first "
+                "dim.")
+        merged[name] = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return merged

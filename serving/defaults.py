@@ -1,0 +1,8 @@
+"""Defaults shared by the CLI and the servers (kept free of heavy imports: the CLI reads
+them before TensorFlow is loaded)."""
+
+GRPC_PORT = 8500  # TF Serving's defaults
+REST_API_PORT = 8501
+HOST = "127.0.0.1"  # loopback unless told otherwise; containers pass 0.0.0.0
+MAX_REQUEST_BYTES = 64 * 1024 * 1024  # a few dozen base64 photos; raise for bigger batches
+POLL_SECONDS = 1.0

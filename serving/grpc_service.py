@@ -1,0 +1,179 @@
+"""TF Serving's gRPC API (port 8500): PredictionService, ModelService and grpc.health.v1.
+
+Servicers come from the `tensorflow-serving-api` stubs, so the wire format is exactly TF
+Serving's. Status codes and messages follow the model server (reference section 2.3).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving.errors import ServingError, invalid_argument, unimplemented
+from serving.inference import (
+    Inference,
+    ModelRef,
+    classify_signature,
+    predict_signature,
+    serialized_examples,
+    tensor_proto_to_ndarray,
+)
+from serving.manager import ModelManager
+from serving.metrics import Metrics
+from serving.status import status_response
+from serving.tensor_proto import ndarray_to_proto
+
+log = logging.getLogger(__name__)
+SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+# TF Serving sets the server's message limit to INT32_MAX; the limit is the client's.
+MAX_MESSAGE_BYTES = 2**31 - 1
+
+
+def _ref(request) -> ModelRef:
+    if not request.HasField("model_spec"):
+        raise invalid_argument("Missing ModelSpec")
+    spec = request.model_spec
+    if not spec.name:
+        raise invalid_argument("ModelSpec has no name specified.")
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        return ModelRef(spec.name, version=spec.version.value)
+    if choice == "version_label":
+        return ModelRef(spec.name, label=spec.version_label)
+    return ModelRef(spec.name)
+
+
+def _fill_spec(response, servable, signature_name: str) -> None:
+    response.model_spec.name = servable.model_name
+    response.model_spec.version.value = servable.version
+    response.model_spec.signature_name = signature_name
+
+
+class _Call:
+    """Runs one RPC: ServingErrors abort with their code; metrics when `api` is given."""
+
+    def __init__(self, metrics: Metrics, context, api: str | None, request):
+        self.metrics, self.context, self.api = metrics, context, api
+        has_spec = "model_spec" in request.DESCRIPTOR.fields_by_name and \
+            request.HasField("model_spec")
+        self.model = request.model_spec.name if has_spec else ""
+        self.started = time.perf_counter()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, _tb):
+        status = "OK" if error is None else getattr(error, "code_name", "UNKNOWN")
+        if self.api:
+            self.metrics.request(self.model, self.api, "GRPC", status,
+                                 time.perf_counter() - self.started)
+        if isinstance(error, ServingError):
+            self.context.abort(error.code, error.grpc_details())  # raises
+        return False
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, manager: ModelManager, inference: Inference, metrics: Metrics):
+        self.manager, self.inference, self.metrics = manager, inference, metrics
+
+    def Predict(self, request, context):
+        with _Call(self.metrics, context, "Predict", request):
+            servable = self.manager.lookup(_ref(request))
+            signature = predict_signature(servable, request.model_spec.signature_name,
+                                          rest=False)
+            inputs = {alias: tensor_proto_to_ndarray(alias, proto)
+                      for alias, proto in request.inputs.items()}
+            outputs = self.inference.predict(servable, signature, inputs,
+                                             list(request.output_filter))
+            response = predict_pb2.PredictResponse()
+            _fill_spec(response, servable, signature.name)
+            for alias, value in outputs.items():
+                response.outputs[alias].CopyFrom(
+                    ndarray_to_proto(value, signature.outputs[alias].dtype))
+            return response
+
+    def Classify(self, request, context):
+        with _Call(self.metrics, context, "Classify", request):
+            servable = self.manager.lookup(_ref(request))
+            signature = classify_signature(servable, request.model_spec.signature_name)
+            results = self.inference.classify(servable, signature,
+                                              serialized_examples(request.input))
+            response = classification_pb2.ClassificationResponse()
+            _fill_spec(response, servable, signature.name)
+            for classes in results:
+                entry = response.result.classifications.add()
+                for label, score in classes:
+                    entry.classes.add(label=label, score=score)
+            return response
+
+    def GetModelMetadata(self, request, context):
+        with _Call(self.metrics, context, None, request):
+            ref = _ref(request)
+            if not request.metadata_field:
+                raise invalid_argument("GetModelMetadataRequest must specify at least one "
+                                       "metadata_field")
+            for field in request.metadata_field:
+                if field != "signature_def":
+                    raise invalid_argument(f"Metadata field {field} is not supported")
+            servable = self.manager.lookup(ref)
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = servable.model_name
+            response.model_spec.version.value = servable.version
+            response.metadata["signature_def"].Pack(servable.signature_def_map())
+            return response
+
+    def Regress(self, request, context):
+        with _Call(self.metrics, context, "Regress", request):
+            raise unimplemented("Regress is not implemented by the development server (no "
+                                "regression signatures in this project's models)")
+
+    def MultiInference(self, request, context):
+        with _Call(self.metrics, context, None, request):
+            raise unimplemented("MultiInference is not implemented by the development server")
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, manager: ModelManager, metrics: Metrics):
+        self.manager, self.metrics = manager, metrics
+
+    def GetModelStatus(self, request, context):
+        with _Call(self.metrics, context, None, request):
+            ref = _ref(request)
+            return status_response(self.manager, ref.name, ref.version)
+
+    def HandleReloadConfigRequest(self, request, context):
+        with _Call(self.metrics, context, None, request):
+            raise unimplemented("HandleReloadConfigRequest is not implemented by the "
+                                "development server: restart it with a new --model-config-file")
+
+
+def build_server(manager: ModelManager, inference: Inference, metrics: Metrics, host: str,
+                 port: int, threads: int) -> tuple[grpc.Server, health.HealthServicer, int]:
+    server = grpc.server(ThreadPoolExecutor(threads, thread_name_prefix="grpc"), options=[
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+    ])
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(manager, inference, metrics), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, metrics),
+                                                              server)
+    health_servicer = health.HealthServicer()
+    for service in ("", *SERVICES):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC port {host}:{port}")
+    return server, health_servicer, bound

@@ -1,0 +1,198 @@
+"""Predict and Classify with TF Serving's checks and messages, whatever the transport.
+
+REST, gRPC and warmup replay all come through here, so a request is validated the same way
+however it arrives. Batching, when enabled, sits between this and the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import text_format
+from tensorflow.core.framework import types_pb2
+
+from serving.errors import failed_precondition, invalid_argument, unimplemented
+from serving.servable import DEFAULT_SIGNATURE, Servable, Signature
+
+CLASSIFY_INPUT = "inputs"
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+MAX_WARMUP_RECORDS = 1000  # TF Serving's kMaxNumRecords
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which servable a request asks for: latest, a version, or a label."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+
+
+def _keys(keys) -> str:
+    return ",".join(sorted(keys))
+
+
+def predict_signature(servable: Servable, name: str, rest: bool) -> Signature:
+    signature = servable.signature(name)
+    if signature is None:
+        name = name or DEFAULT_SIGNATURE
+        if rest:
+            raise invalid_argument(f'Serving signature name: "{name}" not found in signature '
+                                   "def")
+        raise failed_precondition(f'Serving signature key "{name}" not found.')
+    return signature
+
+
+def check_predict_inputs(signature: Signature, inputs: dict, output_filter: list[str]) -> None:
+    """TF Serving's PreProcessPrediction checks (servables/tensorflow/predict_util.cc)."""
+    wanted = set(signature.inputs)
+    sent = set(inputs)
+    if len(sent) != len(wanted):
+        raise invalid_argument(
+            f"input size does not match signature: {len(sent)}!={len(wanted)} "
+            f"len({{{_keys(sent)}}}) != len({{{_keys(wanted)}}}). Sent extra: "
+            f"{{{_keys(sent - wanted)}}}. Missing but required: {{{_keys(wanted - sent)}}}.")
+    for alias in sorted(wanted - sent):
+        info = signature.inputs[alias]
+        raise invalid_argument(
+            f"Signature input alias: {alias}(feed name: {info.name}) not found in request and "
+            f"no default value provided. Inputs expected to be in the request {{{_keys(wanted)}}}"
+            ", or default input alias set: ")
+    seen = set()
+    for alias in output_filter:
+        if alias not in signature.outputs:
+            raise invalid_argument(f"output tensor alias not found in signature: {alias} "
+                                   f"Outputs expected to be in the set "
+                                   f"{{{_keys(signature.outputs)}}}.")
+        if alias in seen:
+            raise invalid_argument(f"duplicate output tensor alias: {alias}")
+        seen.add(alias)
+
+
+def classify_signature(servable: Servable, name: str) -> Signature:
+    """TF Serving's checks for a signature used with the Classify API (classifier.cc)."""
+    name = name or DEFAULT_SIGNATURE
+    signature = servable.signature(name)
+    if signature is None:
+        raise invalid_argument(f"No signature was found with the name: {name}")
+    definition = text_format.MessageToString(signature.definition)
+    if len(signature.inputs) != 1:
+        raise invalid_argument("Expected one input Tensor.")
+    if CLASSIFY_INPUT not in signature.inputs:
+        raise invalid_argument(f"No classification inputs found in SignatureDef: {definition}")
+    if "classes" not in signature.outputs and "scores" not in signature.outputs:
+        raise invalid_argument('Expected classification signature outputs to contain at least '
+                               f'one of "classes" or "scores". Signature was: {definition}')
+    return signature
+
+
+def check_classify_outputs(outputs: dict[str, np.ndarray], batch: int) -> None:
+    classes, scores = outputs.get("classes"), outputs.get("scores")
+    for name, value, kind in (("classes", classes, "DT_STRING"), ("scores", scores, "DT_FLOAT")):
+        if value is None:
+            continue
+        if (kind == "DT_STRING") != (value.dtype == object):
+            raise invalid_argument(f"Expected {name} Tensor of {kind}. Got: {value.dtype}")
+        if value.ndim != 2 or value.shape[0] != batch:
+            raise invalid_argument(f"Expected Tensor shape: [batch_size num_classes] but got "
+                                   f"[{','.join(map(str, value.shape))}]")
+    if classes is not None and scores is not None and classes.shape != scores.shape:
+        raise invalid_argument(f"Tensors class and score should match in dim[1]. "
+                               f"{classes.shape[1]} vs {scores.shape[1]}")
+
+
+class Inference:
+    """Runs validated requests on servables, through the batcher when there is one."""
+
+    def __init__(self, batcher=None):
+        self.batcher = batcher
+
+    def _run(self, servable: Servable, signature: Signature, inputs: dict[str, np.ndarray],
+             outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        if self.batcher is not None:
+            result = self.batcher.run(servable, signature, inputs)
+            return {k: result[k] for k in (outputs or result)}
+        return servable.run(signature, inputs, outputs)
+
+    def predict(self, servable: Servable, signature: Signature, inputs: dict[str, np.ndarray],
+                output_filter: list[str] | None = None) -> dict[str, np.ndarray]:
+        output_filter = list(output_filter or [])
+        check_predict_inputs(signature, inputs, output_filter)
+        return self._run(servable, signature, inputs, output_filter or None)
+
+    def classify(self, servable: Servable, signature: Signature,
+                 examples: list[bytes]) -> list[list[tuple[str, float]]]:
+        """Serialized tf.Examples in; per example a list of (label, score)."""
+        if not examples:
+            raise invalid_argument("Input is empty.")
+        tensor = np.empty(len(examples), dtype=object)
+        tensor[:] = examples
+        outputs = self._run(servable, signature, {CLASSIFY_INPUT: tensor})
+        check_classify_outputs(outputs, len(examples))
+        classes, scores = outputs.get("classes"), outputs.get("scores")
+        n_classes = (classes if classes is not None else scores).shape[1]
+        results = []
+        for i in range(len(examples)):
+            results.append([
+                (classes[i, c].decode("utf-8", "replace") if classes is not None else "",
+                 float(scores[i, c]) if scores is not None else 0.0)
+                for c in range(n_classes)])
+        return results
+
+
+def serialized_examples(request_input) -> list[bytes]:
+    """tensorflow.serving.Input -> serialized Examples; context bytes are prepended to each
+    example, exactly as TF Serving merges them (util.cc InputToSerializedExampleTensor)."""
+    kind = request_input.WhichOneof("kind")
+    if kind == "example_list":
+        return [e.SerializeToString() for e in request_input.example_list.examples]
+    if kind == "example_list_with_context":
+        lists = request_input.example_list_with_context
+        context = lists.context.SerializeToString()
+        return [context + e.SerializeToString() for e in lists.examples]
+    return []
+
+
+def replay_warmup(servable: Servable, inference: Inference) -> int:
+    """Replay assets.extra/tf_serving_warmup_requests; any failure fails the load."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = Path(servable.path) / WARMUP_FILE
+    if not path.exists():
+        return 0
+    count = 0
+    for record in tf.data.TFRecordDataset(str(path)):
+        count += 1
+        if count > MAX_WARMUP_RECORDS:
+            raise invalid_argument(f"Number of warmup records exceeds the maximum "
+                                   f"({MAX_WARMUP_RECORDS}) at {path}")
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        kind = log.WhichOneof("log_type")
+        if kind == "predict_log":
+            request = log.predict_log.request
+            signature = predict_signature(servable, request.model_spec.signature_name, False)
+            inputs = {alias: tensor_proto_to_ndarray(alias, proto)
+                      for alias, proto in request.inputs.items()}
+            inference.predict(servable, signature, inputs, list(request.output_filter))
+        elif kind == "classify_log":
+            request = log.classify_log.request
+            signature = classify_signature(servable, request.model_spec.signature_name)
+            inference.classify(servable, signature, serialized_examples(request.input))
+        else:
+            raise unimplemented(f"Unsupported log_type for warmup: {kind}")
+    return count
+
+
+def tensor_proto_to_ndarray(alias: str, proto) -> np.ndarray:
+    import tensorflow as tf
+
+    try:
+        array = tf.make_ndarray(proto)
+    except (TypeError, ValueError, KeyError, IndexError) as e:
+        raise invalid_argument(f"tensor parsing error: {alias}") from e
+    if proto.dtype == types_pb2.DT_STRING and array.dtype != object:
+        array = array.astype(object)
+    return array

@@ -1,0 +1,154 @@
+"""`serving local`: the development model server, same API as tensorflow_model_server.
+
+Startup follows TF Serving: load every configured model's first version (with warmup),
+then open gRPC and REST. SIGTERM or Ctrl-C stops accepting connections, lets in-flight
+requests finish, and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aiohttp import web
+from grpc_health.v1 import health_pb2
+
+from serving import config as cfg
+from serving import defaults
+from serving.batching import Batcher
+from serving.grpc_service import build_server
+from serving.inference import Inference, replay_warmup
+from serving.manager import ModelManager
+from serving.metrics import Metrics
+from serving.rest import RestApi
+
+log = logging.getLogger("serving.local")
+SHUTDOWN_GRACE_S = 30
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    model_name: str | None
+    model_base_path: str | None
+    port: int = defaults.GRPC_PORT
+    rest_api_port: int = defaults.REST_API_PORT
+    host: str = defaults.HOST
+    model_config_file: str | None = None
+    enable_batching: bool = False
+    batching_parameters_file: str | None = None
+    monitoring_config_file: str | None = None
+    file_system_poll_wait_seconds: float = defaults.POLL_SECONDS
+    max_request_bytes: int = defaults.MAX_REQUEST_BYTES
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: easy to grep, easy for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                     timespec="milliseconds").replace("+00:00", "Z"),
+                 "level": record.levelname, "logger": record.name,
+                 "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("absl", "tensorflow", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def model_configs(options: ServerOptions) -> list:
+    if options.model_config_file:
+        return cfg.load_models(options.model_config_file)
+    if not options.model_name or not options.model_base_path:
+        raise cfg.ConfigError("give --model-name and --model-base-path, or "
+                              "--model-config-file")
+    base = os.path.abspath(options.model_base_path.removeprefix("file://"))
+    return [cfg.single_model(options.model_name, base)]
+
+
+def serve(options: ServerOptions) -> int:
+    """Run until SIGTERM/SIGINT. Raises ConfigError for bad configuration."""
+    if options.batching_parameters_file and not options.enable_batching:
+        raise cfg.ConfigError("--batching-parameters-file requires --enable-batching")
+    configs = model_configs(options)
+    prometheus_path = cfg.load_monitoring(options.monitoring_config_file)
+    batching = cfg.load_batching(options.batching_parameters_file, os.cpu_count() or 1) \
+        if options.enable_batching else None
+
+    metrics = Metrics()
+    warmup_inference = Inference()  # warmup runs each record directly on the new version
+    manager = ModelManager(configs, options.file_system_poll_wait_seconds,
+                           warmup=lambda s: replay_warmup(s, warmup_inference))
+    started = time.perf_counter()
+    manager.start()
+    log.info("initial load of %d model(s) finished in %.1f s", len(configs),
+             time.perf_counter() - started)
+
+    batcher = Batcher(batching, metrics) if batching else None
+    inference = Inference(batcher)
+    threads = 4 * (os.cpu_count() or 1)  # TF Serving's default for both servers
+    grpc_server, health, grpc_port = build_server(manager, inference, metrics, options.host,
+                                                  options.port, threads)
+    grpc_server.start()
+    log.info("Running gRPC ModelServer at %s:%d ...", options.host, grpc_port)
+
+    rest = None
+    if options.rest_api_port and options.rest_api_port != options.port:
+        rest = RestApi(manager, inference, metrics, prometheus_path, threads,
+                       options.max_request_bytes)
+    elif options.rest_api_port:
+        log.error("--rest-api-port cannot be the same as --port; REST API not started")
+    stopped = []
+
+    def begin_shutdown() -> None:
+        """Both servers stop accepting at once; in-flight requests get the grace period."""
+        log.info("shutting down: refusing new requests, finishing in-flight ones")
+        for service in ("", "tensorflow.serving.PredictionService",
+                        "tensorflow.serving.ModelService"):
+            health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        stopped.append(grpc_server.stop(SHUTDOWN_GRACE_S))
+
+    try:
+        asyncio.run(_run_rest(rest, options.host, options.rest_api_port, begin_shutdown))
+    finally:
+        if not stopped:
+            begin_shutdown()
+        stopped[0].wait()
+        if batcher:
+            batcher.stop()
+        manager.stop()
+        log.info("stopped")
+    return 0
+
+
+async def _run_rest(rest: RestApi | None, host: str, port: int, on_stop) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = None
+    if rest is not None:
+        runner = web.AppRunner(rest.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, shutdown_timeout=SHUTDOWN_GRACE_S)
+        await site.start()
+        log.info("Exporting HTTP/REST API at:%s:%d ...", host, port)
+    await stop.wait()
+    on_stop()
+    if runner is not None:
+        await runner.cleanup()  # stops listening, waits for in-flight handlers
+        rest.pool.shutdown(wait=True)

@@ -1,0 +1,249 @@
+"""Model discovery, loading and version bookkeeping, the way TF Serving does it.
+
+For each configured model, the base path is polled every `poll_seconds`: sub-folders whose
+name is an integer are versions (anything else, like a puller's temporary folder, is
+ignored). The version policy (latest N by default, all, or specific) picks the aspired
+versions; new ones are loaded (and warmed up) in the background, and old ones are unloaded
+only once a newer aspired version is AVAILABLE (availability-preserving), so there is always
+a version to serve. Every version ever seen stays in the status history, as in TF Serving.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from serving.errors import ServingError, invalid_argument, not_found
+from serving.inference import ModelRef
+from serving.servable import Servable, load_servable
+
+log = logging.getLogger(__name__)
+_VERSION_DIR = re.compile(r"^\s*\+?\d+\s*$")  # absl::SimpleAtoi, non-negative
+
+
+class State(enum.IntEnum):
+    """tensorflow.serving.ModelVersionStatus.State."""
+
+    UNKNOWN = 0
+    START = 10
+    LOADING = 20
+    AVAILABLE = 30
+    UNLOADING = 40
+    END = 50
+
+
+@dataclass
+class VersionRecord:
+    version: int
+    state: State
+    error: ServingError | None = None
+    servable: Servable | None = None
+
+
+class ManagedModel:
+    def __init__(self, config):
+        self.config = config
+        self.name: str = config.name
+        self.base_path = Path(config.base_path)
+        self.labels: dict[str, int] = dict(config.version_labels)
+        self.records: dict[int, VersionRecord] = {}
+        self.failed_on_disk: set[int] = set()  # failed loads not retried while they stay
+        self.base_path_missing_logged = False
+
+    def versions_on_disk(self) -> list[int] | None:
+        try:
+            names = os.listdir(self.base_path)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            log.warning("cannot list %s: %s", self.base_path, e)
+            return None
+        return sorted({int(n) for n in names if _VERSION_DIR.match(n)
+                       and (self.base_path / n).is_dir()})
+
+    def aspired(self, on_disk: list[int]) -> list[int]:
+        policy = self.config.model_version_policy
+        choice = policy.WhichOneof("policy_choice")
+        if choice == "all":
+            return on_disk
+        if choice == "specific":
+            wanted = set(policy.specific.versions)
+            return [v for v in on_disk if v in wanted]
+        n = max(1, policy.latest.num_versions) if choice == "latest" else 1
+        return on_disk[-n:]
+
+    def available(self) -> list[int]:
+        return sorted(v for v, r in self.records.items() if r.state == State.AVAILABLE)
+
+
+class ModelManager:
+    """Owns every servable; `lookup` is what request handlers call."""
+
+    def __init__(self, configs: list, poll_seconds: float,
+                 warmup: Callable[[Servable], int] | None = None):
+        self.models = {c.name: ManagedModel(c) for c in configs}
+        self.poll_seconds = poll_seconds
+        self.warmup = warmup
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- discovery and loading ------------------------------------------------------------
+    def poll_once(self) -> None:
+        for model in self.models.values():
+            self._poll_model(model)
+
+    def _poll_model(self, model: ManagedModel) -> None:
+        on_disk = model.versions_on_disk()
+        if on_disk is None:
+            if not model.base_path_missing_logged:
+                log.warning("FileSystemStoragePathSource: could not find base path %s for "
+                            "servable %s; keeps serving what is loaded", model.base_path,
+                            model.name)
+                model.base_path_missing_logged = True
+            return
+        model.base_path_missing_logged = False
+        if not on_disk and not model.records:
+            log.debug("no versions of servable %s found under base path %s", model.name,
+                      model.base_path)
+        model.failed_on_disk &= set(on_disk)  # a failed version that went away may retry
+        aspired = model.aspired(on_disk)
+        for version in aspired:
+            record = model.records.get(version)
+            loaded_or_loading = record is not None and record.state in (
+                State.START, State.LOADING, State.AVAILABLE)
+            if not loaded_or_loading and version not in model.failed_on_disk:
+                self._load(model, version)
+        self._unload_unaspired(model, set(aspired), set(on_disk))
+
+    def _load(self, model: ManagedModel, version: int) -> None:
+        with self._lock:
+            model.records[version] = VersionRecord(version, State.START)
+            model.records[version].state = State.LOADING
+        log.info("loading servable version {name: %s version: %d}", model.name, version)
+        started = time.perf_counter()
+        try:
+            servable = load_servable(model.name, version, model.base_path / str(version))
+            warmed = self.warmup(servable) if self.warmup else 0
+        except ServingError as e:
+            self._failed(model, version, e)
+            return
+        except Exception as e:  # a loader bug must not kill the polling thread
+            log.exception("unexpected error loading %s version %d", model.name, version)
+            self._failed(model, version, ServingError(grpc.StatusCode.UNKNOWN, str(e)))
+            return
+        with self._lock:
+            model.records[version] = VersionRecord(version, State.AVAILABLE, servable=servable)
+        log.info("servable version {name: %s version: %d} AVAILABLE after %.1f s "
+                 "(%d warmup records)", model.name, version, time.perf_counter() - started,
+                 warmed)
+
+    def _failed(self, model: ManagedModel, version: int, error: ServingError) -> None:
+        log.error("servable version {name: %s version: %d} failed to load: %s: %s",
+                  model.name, version, error.code_name, error.message)
+        with self._lock:
+            model.records[version] = VersionRecord(version, State.END, error=error)
+            model.failed_on_disk.add(version)
+
+    def _unload_unaspired(self, model: ManagedModel, aspired: set[int],
+                          on_disk: set[int]) -> None:
+        with self._lock:
+            available = model.available()
+            aspired_available = [v for v in available if v in aspired]
+            for version in available:
+                if version in aspired:
+                    continue
+                # Availability preserving: only unload once an aspired version serves.
+                if not aspired_available:
+                    if version not in on_disk and version == max(available):
+                        log.warning("version %d of %s was removed from disk; still serving it "
+                                    "from memory until a new version is available",
+                                    version, model.name)
+                    continue
+                record = model.records[version]
+                record.state = State.UNLOADING
+                log.info("unloading servable version {name: %s version: %d}", model.name,
+                         version)
+                record.servable = None  # the last reference: TF frees the variables
+                record.state = State.END
+
+    def start(self, wait_timeout: float | None = None) -> None:
+        """Initial load of every model, then background polling. Like TF Serving, returns
+        only once each model's first aspired version is AVAILABLE or has failed."""
+        deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
+        last_note = 0.0
+        while True:
+            self.poll_once()
+            pending = [m.name for m in self.models.values() if not m.records]
+            if not pending:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"no versions appeared for: {', '.join(pending)}")
+            if time.monotonic() - last_note > 10:
+                log.info("waiting for the first version of: %s", ", ".join(pending))
+                last_note = time.monotonic()
+            time.sleep(min(self.poll_seconds, 1.0) if self.poll_seconds > 0 else 1.0)
+        failed = {m.name: r for m in self.models.values() for r in m.records.values()
+                  if r.state == State.END and r.error and not m.available()}
+        if failed:
+            detail = ", ".join(f"{{name: {n} version: {r.version}}} due to error: "
+                               f"{r.error.code_name}: {r.error.message}"
+                               for n, r in failed.items())
+            raise RuntimeError(f"{len(failed)} servable(s) did not become available: {detail}")
+        if self.poll_seconds > 0:
+            self._thread = threading.Thread(target=self._poll_loop, name="model-poller",
+                                            daemon=True)
+            self._thread.start()
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.poll_once()
+            except Exception:  # keep polling whatever one round hit
+                log.exception("model polling failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+
+    # -- what requests see ----------------------------------------------------------------
+    def lookup(self, ref: ModelRef) -> Servable:
+        with self._lock:
+            model = self.models.get(ref.name)
+            version = ref.version
+            if ref.label is not None:
+                if model is None or ref.label not in model.labels:
+                    raise invalid_argument(f"Unrecognized servable version label: {ref.label}")
+                version = model.labels[ref.label]
+            if version is None:
+                available = model.available() if model else []
+                if not available:
+                    raise not_found(f"Servable not found for request: Latest({ref.name})")
+                return model.records[available[-1]].servable
+            record = model.records.get(version) if model else None
+            if record is None or record.state != State.AVAILABLE:
+                raise not_found(f"Servable not found for request: Specific({ref.name}, "
+                                f"{version})")
+            return record.servable
+
+    def status(self, name: str, version: int | None = None) -> list[VersionRecord]:
+        """Newest first; raises NOT_FOUND like GetModelStatusImpl."""
+        with self._lock:
+            model = self.models.get(name)
+            if model is None or not model.records:
+                raise not_found(f"Could not find any versions of model {name}")
+            if version is not None:
+                if version not in model.records:
+                    raise not_found(f"Could not find version {version} of model {name}")
+                return [model.records[version]]
+            return [model.records[v] for v in sorted(model.records, reverse=True)]

@@ -1,0 +1,56 @@
+"""The project's TF Serving configuration files parse, and bad ones fail clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serving import config
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "serving" / "config"
+
+
+def test_the_project_config_files():
+    [model] = config.load_models(CONFIG_DIR / "models.config")
+    assert (model.name, model.base_path, model.model_platform) == (
+        "classifier", "/models/classifier", "tensorflow")
+    assert model.model_version_policy.latest.num_versions == 1
+    batching = config.load_batching(CONFIG_DIR / "batching.config", cpu_count=2)
+    assert batching.max_batch_size == 32 and batching.num_batch_threads == 1
+    assert batching.max_enqueued_batches == 8 and batching.batch_timeout_micros == 0
+    assert config.load_monitoring(CONFIG_DIR / "monitoring.config") == \
+        "/monitoring/prometheus/metrics"
+
+
+def test_defaults_when_fields_are_missing(tmp_path):
+    (tmp_path / "b").write_text("max_batch_size { value: 4 }")
+    batching = config.load_batching(tmp_path / "b", cpu_count=3)
+    assert (batching.batch_timeout_micros, batching.max_enqueued_batches,
+            batching.num_batch_threads) == (0, 10, 3)
+    (tmp_path / "m").write_text("prometheus_config { enable: true }")
+    assert config.load_monitoring(tmp_path / "m") == config.DEFAULT_PROMETHEUS_PATH
+    (tmp_path / "off").write_text("prometheus_config { enable: false }")
+    assert config.load_monitoring(tmp_path / "off") is None
+
+
+@pytest.mark.parametrize("kind, text, message", [
+    ("batching", "max_batch_size: 4", "batching parameters file"),
+    ("batching", "max_batch_size { value: 4 } allowed_batch_sizes: 2 allowed_batch_sizes: 3",
+     "Last entry in allowed_batch_sizes must match max_batch_size"),
+    ("batching", "max_batch_size { value: 4 } allowed_batch_sizes: 4 allowed_batch_sizes: 2",
+     "monotonically increasing"),
+    ("batching", "num_batch_threads { value: 0 }", "num_batch_threads must be at least 1"),
+    ("models", "model_config_list { config { name: 'a' } }", "model 'a' has no base_path"),
+    ("models", "model_config_list { config { name: 'a' base_path: '/a' } "
+               "config { name: 'a' base_path: '/b' } }", "model names must be unique"),
+    ("models", "model_config_list { config { name: 'a' base_path: '/a' "
+               "model_platform: 'pytorch' } }", "platform 'pytorch' is not supported"),
+    ("models", "model_config_list { }", "no models configured"),
+])
+def test_bad_files(tmp_path, kind, text, message):
+    path = tmp_path / "f"
+    path.write_text(text)
+    loader = {"batching": lambda p: config.load_batching(p, 2), "models": config.load_models}
+    with pytest.raises(config.ConfigError, match=message):
+        loader[kind](path)
