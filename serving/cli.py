@@ -1,4 +1,4 @@
-"""`python -m serving`: the development model server (and, later, puller and client)."""
+"""`python -m serving`: the development model server, the model puller and the client."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def local(**kwargs) -> None:
     if kwargs["batching_parameters_file"] and not kwargs["enable_batching"]:
         raise click.UsageError("--batching-parameters-file requires --enable-batching")
     from serving.config import ConfigError
-    from serving.local import ServerOptions, serve, setup_logging
+    from serving.local import ServerOptions, serve
+    from serving.logs import setup_logging
 
     setup_logging()
     try:
@@ -67,3 +68,139 @@ def local(**kwargs) -> None:
 
 def main() -> None:
     cli(prog_name="serving")
+
+
+# ---------------------------------------------------------------------------------------
+# The puller: init container (one sync) and sidecar (--watch).
+
+@cli.command()
+@click.option("--source", required=True, envvar="MODEL_SOURCE",
+              help="Where the trainer publishes the model: <models uri>/<model name>, "
+                   "e.g. s3://models/shapes (or a local folder).")
+@click.option("--dest", required=True, envvar="MODEL_DEST",
+              help="Local folder TF Serving reads, e.g. /models/shapes.")
+@click.option("--watch", is_flag=True, envvar="PULL_WATCH",
+              help="Keep polling for new versions (sidecar) instead of one sync.")
+@click.option("--interval", type=float, default=30.0, envvar="PULL_INTERVAL",
+              help="Seconds between polls with --watch.")
+@click.option("--keep", type=int, default=2, envvar="PULL_KEEP",
+              help="How many of the newest verified versions to keep locally.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def pull(source, dest, watch, interval, keep, quiet) -> None:
+    """Bring verified model versions from object storage to a local folder."""
+    from serving.logs import setup_logging
+    from serving.puller import Puller, run_once_status, wait_for_interrupt
+    from trainer.errors import UserError
+
+    setup_logging()
+    try:
+        puller = Puller(source, dest, keep=keep, quiet=quiet)
+    except UserError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    if not watch:
+        code, message = run_once_status(puller)
+        click.echo(message if code == 0 else f"error: {message}", err=code != 0)
+        sys.exit(code)
+    stop = wait_for_interrupt()
+    puller.watch(interval, stop)
+    click.echo("stopped")
+
+
+# ---------------------------------------------------------------------------------------
+# The client.
+
+def _server_options(f):
+    f = click.option("--timeout", type=float, default=30.0,
+                     help="Deadline for each call, in seconds.")(f)
+    f = click.option("--model-name", required=True, envvar="MODEL_NAME",
+                     help="Model to query.")(f)
+    f = click.option("--rest", "rest_url", metavar="URL",
+                     help="REST endpoint, e.g. http://localhost:8501.")(f)
+    f = click.option("--grpc", "grpc_target", metavar="HOST:PORT",
+                     help="gRPC endpoint, e.g. localhost:8500.")(f)
+    return f
+
+
+def _connect(grpc_target, rest_url, timeout):
+    from serving.client import ClientError, connect
+
+    if bool(grpc_target) == bool(rest_url):
+        raise click.UsageError("give exactly one of --grpc HOST:PORT or --rest URL")
+    try:
+        return connect(grpc_target, rest_url, timeout)
+    except ClientError as e:
+        raise click.UsageError(str(e)) from e
+
+
+def _client_call(fn):
+    from serving.client import ClientError
+
+    try:
+        return fn()
+    except ClientError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+
+
+@cli.command()
+@_server_options
+@click.option("--version", type=int, help="Ask for this version.")
+@click.option("--label", help="Ask for the version with this label.")
+@click.option("--top-k", type=int, default=1, help="How many classes to show per image.")
+@click.option("--batch-size", type=int, default=16, help="Images per request.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def classify(grpc_target, rest_url, model_name, timeout, version, label, top_k, batch_size,
+             as_json, images) -> None:
+    """Classify image files with a served model."""
+    import json
+
+    from serving.client import classify_files
+
+    if version is not None and label:
+        raise click.UsageError("--version and --label exclude each other")
+    if top_k < 1 or batch_size < 1:
+        raise click.UsageError("--top-k and --batch-size must be at least 1")
+    with _connect(grpc_target, rest_url, timeout) as client:
+        results = _client_call(lambda: classify_files(client, list(images), model_name,
+                                                      version, label, batch_size))
+    if as_json:
+        for path, p in results:
+            click.echo(json.dumps({"file": path, "label": p.label, "score": p.score,
+                                   "top_k": p.top(top_k)}))
+        return
+    width = max(len("file"), *(len(path) for path, _ in results))
+    click.echo(f"{'file':<{width}}  {'label':<16} {'score':>6}  top-{top_k}")
+    for path, p in results:
+        top = ", ".join(f"{label} {score:.3f}" for label, score in p.top(top_k))
+        click.echo(f"{path:<{width}}  {p.label:<16} {p.score:6.3f}  {top}")
+
+
+@cli.command()
+@_server_options
+@click.option("--version", type=int, help="Only this version.")
+def status(grpc_target, rest_url, model_name, timeout, version) -> None:
+    """Show a served model's versions and their states."""
+    with _connect(grpc_target, rest_url, timeout) as client:
+        versions = _client_call(lambda: client.status(model_name, version))
+    click.echo(f"{'version':>12}  {'state':<10} status")
+    for v in versions:
+        detail = v.error_code + (f": {v.error_message}" if v.error_message else "")
+        click.echo(f"{v.version:>12}  {v.state:<10} {detail}")
+
+
+@cli.command()
+@_server_options
+@click.option("--version", type=int, help="Ask for this version.")
+@click.option("--label", help="Ask for the version with this label.")
+def metadata(grpc_target, rest_url, model_name, timeout, version, label) -> None:
+    """Show a served model's signatures (inputs and outputs)."""
+    with _connect(grpc_target, rest_url, timeout) as client:
+        info = _client_call(lambda: client.metadata(model_name, version, label))
+    click.echo(f"model {model_name} version {info['version']}")
+    for name, sig in info["signatures"].items():
+        click.echo(f"  {name}  {sig['method']}")
+        for kind in ("inputs", "outputs"):
+            for alias, desc in sig[kind].items():
+                click.echo(f"    {kind[:-1]:<6} {alias}: {desc}")

@@ -8,13 +8,11 @@ requests finish, and exits 0.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from aiohttp import web
 from grpc_health.v1 import health_pb2
@@ -45,29 +43,6 @@ class ServerOptions:
     monitoring_config_file: str | None = None
     file_system_poll_wait_seconds: float = defaults.POLL_SECONDS
     max_request_bytes: int = defaults.MAX_REQUEST_BYTES
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: easy to grep, easy for log collectors."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(
-                     timespec="milliseconds").replace("+00:00", "Z"),
-                 "level": record.levelname, "logger": record.name,
-                 "message": record.getMessage()}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonLogFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("absl", "tensorflow", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def model_configs(options: ServerOptions) -> list:

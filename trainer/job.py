@@ -94,6 +94,10 @@ def run(config: TrainConfig) -> JobResult:
     validation = classification_metrics(images.classes, images.labels[val],
                                          fit.val_probabilities)
     validation["loss"] = fit.history["val_loss"][-1]
+    validation["predictions"] = [
+        {"path": images.paths[i], "true": images.classes[images.labels[i]],
+         "label": images.classes[int(np.argmax(p))], "scores": [round(float(x), 6) for x in p]}
+        for i, p in zip(val, fit.val_probabilities, strict=True)]
     metrics = {
         "model_name": config.model_name,
         "classes": images.classes,

@@ -205,7 +205,8 @@ def s3_client():
         read_timeout=S3_READ_TIMEOUT_S,
         max_pool_connections=TRANSFER_WORKERS * 2,
     )
-    return boto3.client("s3", config=config)
+    # A session of its own: boto3's default session caches the first credentials it finds.
+    return boto3.session.Session().client("s3", config=config)
 
 
 def _transfer_config():

@@ -146,6 +146,11 @@ def test_version_folder_has_labels_warmup_report_and_a_true_manifest(cached_run)
     metrics = json.loads((report / "metrics.json").read_text())
     assert len(metrics["history"]["loss"]) == TINY["epochs"]
     assert set(metrics["validation"]["per_class"]) == set(result.images.classes)
+    predictions = metrics["validation"]["predictions"]
+    assert [p["path"] for p in predictions] == [result.images.paths[i]
+                                                for i in result.val_index]
+    np.testing.assert_allclose([p["scores"] for p in predictions],
+                               result.fit.val_probabilities, atol=1e-6)
     assert metrics["features"]["computed"] == 12
     config = json.loads((report / "config.json").read_text())
     assert config["version"] == 1 and config["weights"] == "none"

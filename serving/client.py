@@ -1,0 +1,256 @@
+"""Client for this project's models behind TensorFlow Serving or `serving local`.
+
+Expects a model server exposing TF Serving's API (gRPC on 8500, REST on 8501) with the
+signatures the trainer exports: `serving_default` takes encoded image bytes (`image_bytes`)
+and returns `label`, `score`, `classes`, `scores`. Both transports work against the real
+`tensorflow/serving` and the development server alike:
+
+    from serving.client import connect
+    with connect(grpc_target="localhost:8500") as client:     # or rest_url="http://..."
+        [p] = client.classify([open("cat.jpg", "rb").read()], model="shapes")
+        print(p.label, p.score, p.top(2))
+
+Every call has a deadline; failures raise ClientError with one line and an exit code
+(2: the server refused the request, 3: unreachable/unavailable/timed out, 1: server error).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_BATCH = 16  # images per request: few round trips, modest request size
+SIGNATURE = "serving_default"
+IMAGE_INPUT = "image_bytes"
+
+
+class ClientError(Exception):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class Prediction:
+    label: str
+    score: float
+    classes: list[str]
+    scores: list[float]
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        ranked = sorted(zip(self.classes, self.scores, strict=True), key=lambda x: -x[1])
+        return ranked[:k]
+
+
+@dataclass
+class VersionInfo:
+    version: int
+    state: str
+    error_code: str
+    error_message: str
+
+
+_BAD_REQUEST = {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "OUT_OF_RANGE",
+                "ALREADY_EXISTS", "PERMISSION_DENIED", "UNAUTHENTICATED", "UNIMPLEMENTED"}
+_UNREACHABLE = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED"}
+
+
+def _error(code: str, message: str, where: str) -> ClientError:
+    if code in _UNREACHABLE:
+        return ClientError(f"model server at {where} unavailable ({code}): {message}", 3)
+    if code in _BAD_REQUEST:
+        return ClientError(f"{code}: {message}", 2)
+    return ClientError(f"server error {code}: {message}", 1)
+
+
+class GrpcClient:
+    """TF Serving's gRPC API with the official stubs."""
+
+    def __init__(self, target: str, timeout: float = DEFAULT_TIMEOUT_S):
+        import grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        self.target, self.timeout = target, timeout
+        self._grpc = grpc
+        self.channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+        self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout)
+        except self._grpc.RpcError as e:
+            raise _error(e.code().name, e.details() or "", self.target) from e
+
+    @staticmethod
+    def _spec(spec, model: str, version: int | None, label: str | None) -> None:
+        spec.name = model
+        if version is not None:
+            spec.version.value = version
+        elif label:
+            spec.version_label = label
+
+    def classify(self, images: list[bytes], model: str, version: int | None = None,
+                 label: str | None = None) -> list[Prediction]:
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        self._spec(request.model_spec, model, version, label)
+        request.model_spec.signature_name = SIGNATURE
+        request.inputs[IMAGE_INPUT].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string))
+        response = self._call(self.predictions.Predict, request)
+        out = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+        return [Prediction(out["label"][i].decode(), float(out["score"][i]),
+                           [c.decode() for c in out["classes"][i]],
+                           [float(s) for s in out["scores"][i]]) for i in range(len(images))]
+
+    def status(self, model: str, version: int | None = None) -> list[VersionInfo]:
+        from tensorflow.core.protobuf import error_codes_pb2
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._spec(request.model_spec, model, version, None)
+        response = self._call(self.models.GetModelStatus, request)
+        state = get_model_status_pb2.ModelVersionStatus.State
+        return [VersionInfo(v.version, state.Name(v.state),
+                            error_codes_pb2.Code.Name(v.status.error_code),
+                            v.status.error_message) for v in response.model_version_status]
+
+    def metadata(self, model: str, version: int | None = None,
+                 label: str | None = None) -> dict:
+        from google.protobuf import json_format
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        self._spec(request.model_spec, model, version, label)
+        request.metadata_field.append("signature_def")
+        response = self._call(self.predictions.GetModelMetadata, request)
+        sigmap = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(sigmap)
+        signature_def = json_format.MessageToDict(sigmap, preserving_proto_field_name=True)
+        return {"version": response.model_spec.version.value,
+                "signatures": _signatures(signature_def)}
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RestClient:
+    """TF Serving's REST API (JSON, images as {"b64": ...})."""
+
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT_S):
+        import requests
+
+        self.url, self.timeout = url.rstrip("/"), timeout
+        self._requests = requests
+        self.session = requests.Session()
+
+    def _path(self, model: str, version: int | None, label: str | None) -> str:
+        path = f"{self.url}/v1/models/{model}"
+        if version is not None:
+            return f"{path}/versions/{version}"
+        return f"{path}/labels/{label}" if label else path
+
+    def _call(self, method: str, url: str, body: dict | None = None) -> dict:
+        requests = self._requests
+        try:
+            response = self.session.request(method, url, json=body, timeout=self.timeout)
+        except requests.RequestException as e:
+            raise ClientError(f"model server at {self.url} unreachable: "
+                              f"{type(e).__name__}", 3) from e
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {"error": response.text.strip()[:200]}
+        if response.status_code != 200:
+            code = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED",
+                    501: "UNIMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}.get(
+                response.status_code, f"HTTP {response.status_code}")
+            message = str(payload.get("error", payload)) if isinstance(payload, dict) \
+                else str(payload)
+            raise _error(code, f"{message} (HTTP {response.status_code})", self.url)
+        return payload
+
+    def classify(self, images: list[bytes], model: str, version: int | None = None,
+                 label: str | None = None) -> list[Prediction]:
+        body = {"signature_name": SIGNATURE,
+                "instances": [{"b64": base64.b64encode(i).decode()} for i in images]}
+        payload = self._call("POST", f"{self._path(model, version, label)}:predict", body)
+        return [Prediction(p["label"], float(p["score"]), p["classes"],
+                           [float(s) for s in p["scores"]]) for p in payload["predictions"]]
+
+    def status(self, model: str, version: int | None = None) -> list[VersionInfo]:
+        payload = self._call("GET", self._path(model, version, None))
+        return [VersionInfo(int(v["version"]), v["state"], v["status"]["error_code"],
+                            v["status"]["error_message"])
+                for v in payload["model_version_status"]]
+
+    def metadata(self, model: str, version: int | None = None,
+                 label: str | None = None) -> dict:
+        payload = self._call("GET", f"{self._path(model, version, label)}/metadata")
+        return {"version": int(payload["model_spec"]["version"]),
+                "signatures": _signatures(payload["metadata"]["signature_def"])}
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _signatures(signature_def: dict) -> dict:
+    """{name: {"method": ..., "inputs": {alias: "DT_X [d0,d1]"}, "outputs": {...}}}."""
+    def describe(info: dict) -> str:
+        shape = info.get("tensor_shape", {})
+        dims = "?" if shape.get("unknown_rank") else ",".join(
+            str(d.get("size", "?")) for d in shape.get("dim", []))
+        return f"{info.get('dtype', 'DT_INVALID')} [{dims}]"
+
+    return {name: {"method": sig.get("method_name", ""),
+                   "inputs": {k: describe(v) for k, v in sig.get("inputs", {}).items()},
+                   "outputs": {k: describe(v) for k, v in sig.get("outputs", {}).items()}}
+            for name, sig in sorted(signature_def.get("signature_def", {}).items())}
+
+
+def connect(grpc_target: str | None = None, rest_url: str | None = None,
+            timeout: float = DEFAULT_TIMEOUT_S):
+    if bool(grpc_target) == bool(rest_url):
+        raise ClientError("give exactly one of a gRPC target or a REST URL", 2)
+    return GrpcClient(grpc_target, timeout) if grpc_target else RestClient(rest_url, timeout)
+
+
+def read_images(paths: list[str]) -> list[bytes]:
+    images = []
+    for path in paths:
+        try:
+            images.append(Path(path).read_bytes())
+        except OSError as e:
+            raise ClientError(f"cannot read image file {path}: {e.strerror}", 2) from e
+    return images
+
+
+def classify_files(client, paths: list[str], model: str, version: int | None = None,
+                   label: str | None = None, batch: int = DEFAULT_BATCH
+                   ) -> list[tuple[str, Prediction]]:
+    """Classify files in batches of `batch` images per request."""
+    images = read_images(paths)
+    results = []
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch]
+        predictions = client.classify(chunk, model, version, label)
+        results += zip(paths[start:start + batch], predictions, strict=True)
+    return results

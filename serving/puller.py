@@ -1,0 +1,266 @@
+"""The model puller: verified versions from object storage to the serving volume.
+
+TF Serving since 2.7 cannot read `s3://` (tensorflow/serving#1963), so it serves a local
+folder this fills: `<dest>/<version>/`. A version is considered only once its
+`_MANIFEST.json` exists and parses (the trainer writes it last). Every listed file is
+downloaded into a hidden temporary folder inside `dest`, its size and sha256 checked, and
+only then is the folder renamed into place: a polling server never sees a partial or
+tampered version. The newest `keep` versions stay; older ones are removed. Nothing local is
+ever removed because the store cannot be reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from trainer.errors import StorageError, UserError
+from trainer.manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest
+from trainer.storage import ByteProgress, LocalLocation, Location, open_location
+
+log = logging.getLogger(__name__)
+STAGING_PREFIX = ".incoming-"
+DOWNLOAD_WORKERS = 8
+BACKOFF_MAX_S = 300  # outage backoff stops growing at five minutes
+
+
+class Rejected(Exception):
+    """A version that failed verification: discarded now, retried on a later sync."""
+
+
+@dataclass
+class SyncResult:
+    installed: list[int] = field(default_factory=list)
+    rejected: dict[int, str] = field(default_factory=dict)
+    local: list[int] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)
+
+
+def _version_number(name: str) -> int | None:
+    return int(name) if name.isdigit() and int(name) > 0 else None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(4 * 1024 * 1024):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Puller:
+    def __init__(self, source: str, dest: str | Path, keep: int = 2, quiet: bool = False):
+        if keep < 1:
+            raise UserError(f"--keep must be at least 1, got {keep}")
+        self.source: Location = open_location(source)
+        self.dest = Path(dest).expanduser().absolute()
+        self.model_name = self.source.uri.rstrip("/").rsplit("/", 1)[-1]
+        self.keep = keep
+        self.quiet = quiet
+
+    # -- local state ----------------------------------------------------------------------
+    def local_versions(self) -> list[int]:
+        """Installed versions whose manifest is present and whose files have their sizes."""
+        if not self.dest.is_dir():
+            return []
+        found = []
+        for entry in self.dest.iterdir():
+            version = _version_number(entry.name)
+            if version is None or not entry.is_dir():
+                continue
+            try:
+                manifest = parse_manifest((entry / MANIFEST_FILE).read_bytes(), version)
+            except (OSError, ManifestError):
+                continue
+            if all((entry / f.path).is_file() and (entry / f.path).stat().st_size == f.size
+                   for f in manifest.files):
+                found.append(version)
+        return sorted(found)
+
+    def clean_staging(self) -> None:
+        """Remove temporary folders a killed run left behind."""
+        if self.dest.is_dir():
+            for entry in self.dest.iterdir():
+                if entry.name.startswith(STAGING_PREFIX):
+                    shutil.rmtree(entry, ignore_errors=True)
+
+    # -- one sync -------------------------------------------------------------------------
+    def remote_versions(self) -> list[int]:
+        return sorted((v for v in map(_version_number, self.source.list_dirs()) if v),
+                      reverse=True)
+
+    def read_manifest(self, version: int) -> Manifest | None:
+        """The version's manifest; None while it has none (not published yet)."""
+        try:
+            data = self.source.child(str(version)).read_bytes(MANIFEST_FILE)
+        except FileNotFoundError:
+            return None
+        try:
+            manifest = parse_manifest(data, expected_version=version)
+        except ManifestError as e:
+            raise Rejected(f"invalid manifest: {e}") from e
+        if manifest.model_name != self.model_name:
+            raise Rejected(f"manifest is for model {manifest.model_name!r}, expected "
+                           f"{self.model_name!r}")
+        return manifest
+
+    def sync_once(self) -> SyncResult:
+        """Bring the newest `keep` verified versions; remove older local ones."""
+        self.dest.mkdir(parents=True, exist_ok=True)
+        self.clean_staging()
+        result = SyncResult()
+        local = set(self.local_versions())
+        wanted: list[int] = []
+        for version in self.remote_versions():
+            if len(wanted) >= self.keep:
+                break
+            if version in local:
+                wanted.append(version)
+                continue
+            try:
+                manifest = self.read_manifest(version)
+                if manifest is None:
+                    log.info("version %d has no manifest yet; ignored", version)
+                    continue
+                self.install(version, manifest)
+            except Rejected as e:
+                log.warning("rejected version %d of %s: %s (will retry on a later sync)",
+                            version, self.model_name, e)
+                result.rejected[version] = str(e)
+                continue
+            result.installed.append(version)
+            wanted.append(version)
+        result.removed = self.prune()
+        result.local = self.local_versions()
+        return result
+
+    def install(self, version: int, manifest: Manifest) -> None:
+        """Download, verify, and atomically rename into place."""
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-", dir=self.dest))
+        try:
+            self._download(version, manifest, staging)
+            (staging / MANIFEST_FILE).write_text(manifest_text(manifest))
+            os.chmod(staging, 0o755)  # mkdtemp makes it private; the server may be another user
+            os.rename(staging, self.dest / str(version))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        log.info("installed version %d of %s (%d files, %.1f MB)", version, self.model_name,
+                 len(manifest.files), sum(f.size for f in manifest.files) / 1e6)
+
+    def _download(self, version: int, manifest: Manifest, staging: Path) -> None:
+        remote = self.source.child(str(version))
+        if isinstance(remote, LocalLocation):
+            for f in manifest.files:  # a local source must not smuggle links in
+                if (remote.root / f.path).is_symlink():
+                    raise Rejected(f"{f.path} is a symbolic link")
+        total = sum(f.size for f in manifest.files)
+        bar = tqdm(total=total, desc=f"pulling version {version}", unit="B", unit_scale=True,
+                   unit_divisor=1024, disable=self.quiet)
+        progress = ByteProgress(bar)
+
+        def fetch(f) -> None:
+            target = (staging / f.path).resolve()
+            if not target.is_relative_to(staging.resolve()):
+                raise Rejected(f"{f.path} escapes the version folder")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                remote.download_file(f.path, target, progress)
+            except UserError as e:
+                if isinstance(e, StorageError):
+                    raise
+                raise Rejected(f"{f.path}: {e}") from e  # deleted while we downloaded, say
+            except FileNotFoundError as e:
+                raise Rejected(f"{f.path} is missing") from e
+            size = target.stat().st_size
+            if size != f.size:
+                raise Rejected(f"{f.path} has {size} bytes, the manifest says {f.size}")
+            if _sha256(target) != f.sha256:
+                raise Rejected(f"{f.path} does not match its sha256 in the manifest")
+
+        with bar, ThreadPoolExecutor(DOWNLOAD_WORKERS) as pool:
+            futures = [pool.submit(fetch, f) for f in sorted(manifest.files,
+                                                              key=lambda f: -f.size)]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
+    def prune(self) -> list[int]:
+        """Keep the newest `keep` installed versions; the newest is never removed."""
+        removed = []
+        for version in self.local_versions()[:-self.keep]:
+            # Rename first so a polling server sees the version vanish at once, not shrink.
+            doomed = self.dest / f"{STAGING_PREFIX}removed-{version}"
+            with contextlib.suppress(OSError):
+                os.rename(self.dest / str(version), doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+                removed.append(version)
+                log.info("removed old version %d of %s", version, self.model_name)
+        return removed
+
+    # -- watch mode -----------------------------------------------------------------------
+    def watch(self, interval: float, stop: threading.Event) -> None:
+        """Sync every `interval` seconds until `stop` is set. Store outages and refused
+        credentials are logged and retried with backoff; local versions stay untouched."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                result = self.sync_once()
+                if failures:
+                    log.info("object store reachable again")
+                failures = 0
+                if result.installed or result.removed:
+                    log.info("now holding versions %s", result.local)
+            except UserError as e:  # store down, credentials refused, bucket missing...
+                failures += 1
+                log.warning("sync failed (%s); keeping local versions %s; retrying", e,
+                            self.local_versions())
+            delay = interval if not failures else min(interval * 2 ** (failures - 1),
+                                                      max(interval, BACKOFF_MAX_S))
+            stop.wait(delay)
+
+
+def manifest_text(manifest: Manifest) -> str:
+    return json.dumps(manifest.raw, indent=2) + "\n"
+
+
+def wait_for_interrupt() -> threading.Event:
+    """An event set by SIGTERM/SIGINT (the sidecar's stop signal)."""
+    import signal
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def run_once_status(puller: Puller) -> tuple[int, str]:
+    """The init container's answer: (exit code, one line)."""
+    try:
+        result = puller.sync_once()
+    except UserError as e:
+        local = puller.local_versions()
+        if local:
+            return 0, (f"cannot sync ({e}); serving the local versions {local}")
+        return e.exit_code, str(e)
+    if result.local:
+        return 0, f"versions present in {puller.dest}: {result.local}"
+    reasons = "; ".join(f"{v}: {r}" for v, r in result.rejected.items())
+    return 1, (f"no verified version of {puller.model_name!r} under {puller.source.uri}"
+               + (f" (rejected {reasons})" if reasons else ""))
+

@@ -1,0 +1,96 @@
+"""The whole system on loopback: sample data in S3 -> train -> publish -> pull -> serve ->
+classify, then a newer version rolled out under load."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from serving.client import GrpcClient, RestClient
+from tests.conftest import MODELS_BUCKET, REPO, run_cli, unique
+from tools.model_server import LocalServer
+from trainer.storage import open_location
+
+pytestmark = [pytest.mark.slow, pytest.mark.s3]
+
+
+def train(published_s3, models: str, version: int) -> None:
+    run_cli("trainer", "train", "--data", published_s3["data"], "--output", models,
+            "--model-name", "shapes", "--weights", "none", "--cache", published_s3["cache"],
+            "--version", str(version), "--quiet", check=True)
+
+
+def wait_for(condition, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.25)
+
+
+def test_train_publish_pull_serve_classify_and_roll_out(published_s3, tmp_path):
+    models = f"s3://{MODELS_BUCKET}/{unique('e2e')}"
+    train(published_s3, models, 10)
+    report = json.loads(open_location(models).read_bytes(
+        "shapes/10/assets.extra/report/metrics.json"))
+    val = report["validation"]["predictions"]
+
+    dest = tmp_path / "models" / "shapes"
+    puller_log = (tmp_path / "puller.log").open("w+")
+    puller = subprocess.Popen(
+        [sys.executable, "-m", "serving", "pull", "--source", f"{models}/shapes", "--dest",
+         str(dest), "--watch", "--interval", "1", "-q"], stdout=puller_log,
+        stderr=subprocess.STDOUT, cwd=REPO, env=os.environ.copy())
+    server = LocalServer(["--model-name", "shapes", "--model-base-path", str(dest),
+                          "--file-system-poll-wait-seconds", "0.5"], tmp_path / "server.log")
+    try:
+        wait_for(lambda: (dest / "10").is_dir())
+        server.start(wait_for_model="shapes")
+
+        data = open_location(published_s3["data"])
+        images = [data.read_bytes(p["path"]) for p in val]
+        for client in (GrpcClient(server.grpc_target), RestClient(server.rest_url)):
+            with client:
+                predictions = client.classify(images, "shapes")
+            assert [p.label for p in predictions] == [p["label"] for p in val]
+            np.testing.assert_allclose([p.scores for p in predictions],
+                                       [p["scores"] for p in val], atol=1e-5)
+
+        # A newer version, published while clients keep asking, is picked up with no error.
+        stop, failures, answered = threading.Event(), [], []
+
+        def client_loop():
+            with GrpcClient(server.grpc_target, timeout=120) as client:
+                while not stop.is_set():
+                    try:
+                        answered.append(client.classify(images[:1], "shapes")[0].label)
+                    except Exception as e:  # collected; the test fails below
+                        failures.append(repr(e))
+
+        threads = [threading.Thread(target=client_loop) for _ in range(2)]
+        for t in threads:
+            t.start()
+        train(published_s3, models, 11)
+        with GrpcClient(server.grpc_target) as client:
+            wait_for(lambda: [(v.version, v.state) for v in client.status("shapes")] ==
+                     [(11, "AVAILABLE"), (10, "END")])
+        settled = len(answered)
+        wait_for(lambda: len(answered) >= settled + 2)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert failures == []
+        assert set(answered) == {val[0]["label"]}  # same data, same seed: same answer
+        assert sorted(p.name for p in dest.iterdir()) == ["10", "11"]
+    finally:
+        stop_code = server.stop()
+        puller.send_signal(signal.SIGTERM)
+        puller_code = puller.wait(60)
+    assert stop_code == 0 and puller_code == 0

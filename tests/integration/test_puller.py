@@ -1,0 +1,210 @@
+"""The puller against a real S3 store: only verified versions, atomically, never lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from serving.puller import Puller
+from tests.conftest import MODELS_BUCKET, REPO, run_cli, unique
+from tools.seaweed import SeaweedFS
+from trainer.manifest import MANIFEST_FILE, build_manifest, list_version_files
+from trainer.publish import publish
+from trainer.storage import open_location
+
+pytestmark = pytest.mark.s3
+
+
+def make_version(tmp: Path, model: str, version: int, seed: str = "") -> tuple[Path, list,
+                                                                               dict]:
+    """A small stand-in version folder with a true manifest (the puller checks files, not
+    TensorFlow), the way the trainer lays it out."""
+    folder = tmp / f"build-{model}-{version}-{uuid.uuid4().hex[:6]}"
+    (folder / "variables").mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(f"graph {version}{seed}".encode() * 100)
+    (folder / "variables" / "variables.data-00000-of-00001").write_bytes(os.urandom(300_000))
+    (folder / "variables" / "variables.index").write_bytes(b"index")
+    (folder / "assets").mkdir()
+    (folder / "assets" / "labels.txt").write_text("a\nb\n")
+    files = list_version_files(folder)
+    manifest = build_manifest(model_name=model, version=version, classes=["a", "b"],
+                              base_model={}, input_spec={}, metrics={}, dataset={},
+                              files=files)
+    return folder, files, manifest
+
+
+def publish_fake(tmp: Path, models_uri: str, model: str, version: int, **kw) -> Path:
+    folder, files, manifest = make_version(tmp, model, version, **kw)
+    publish(folder, files, manifest, models_uri, model, version, quiet=True)
+    return folder
+
+
+@pytest.fixture
+def models_uri(seaweed):
+    return f"s3://{MODELS_BUCKET}/{unique('pull')}"
+
+
+def staging_left(dest: Path) -> list[str]:
+    return [p.name for p in dest.iterdir() if p.name.startswith(".")] if dest.exists() else []
+
+
+def test_sync_installs_verified_versions_atomically(tmp_path, models_uri):
+    built = {v: publish_fake(tmp_path, models_uri, "m", v) for v in (1, 2)}
+    dest = tmp_path / "serve" / "m"
+    result = Puller(f"{models_uri}/m", dest, keep=2, quiet=True).sync_once()
+    assert sorted(result.installed) == [1, 2] and result.local == [1, 2]
+    for version, folder in built.items():
+        for f in list_version_files(folder):
+            assert (dest / str(version) / f.path).read_bytes() == (folder / f.path).read_bytes()
+        manifest = json.loads((dest / str(version) / MANIFEST_FILE).read_text())
+        assert manifest["version"] == version
+    assert staging_left(dest) == []
+    # A second sync has nothing to do.
+    assert Puller(f"{models_uri}/m", dest, keep=2, quiet=True).sync_once().installed == []
+
+
+def test_a_version_without_manifest_is_ignored(tmp_path, models_uri):
+    publish_fake(tmp_path, models_uri, "m", 1)
+    folder, files, _ = make_version(tmp_path, "m", 2)
+    half = open_location(f"{models_uri}/m/2")
+    for f in files:  # files uploaded, manifest not (yet)
+        half.upload_file(f.path, folder / f.path, None)
+    dest = tmp_path / "serve" / "m"
+    result = Puller(f"{models_uri}/m", dest, quiet=True).sync_once()
+    assert result.local == [1] and not (dest / "2").exists()
+
+
+def test_a_tampered_file_is_rejected_and_retried_later(tmp_path, models_uri):
+    publish_fake(tmp_path, models_uri, "m", 1)
+    folder = publish_fake(tmp_path, models_uri, "m", 2)
+    remote = open_location(f"{models_uri}/m/2")
+    original = (folder / "saved_model.pb").read_bytes()
+    remote.write_bytes("saved_model.pb", original[:-1] + b"X")  # same size, other content
+    dest = tmp_path / "serve" / "m"
+    puller = Puller(f"{models_uri}/m", dest, keep=2, quiet=True)
+    result = puller.sync_once()
+    assert result.rejected == {2: "saved_model.pb does not match its sha256 in the manifest"}
+    assert result.local == [1] and not (dest / "2").exists() and staging_left(dest) == []
+    remote.write_bytes("saved_model.pb", original)  # repaired: the next sync takes it
+    assert puller.sync_once().installed == [2]
+
+
+def test_manifests_with_escaping_paths_or_another_model_are_rejected(tmp_path, models_uri):
+    publish_fake(tmp_path, models_uri, "m", 1)
+    remote = open_location(f"{models_uri}/m")
+    _, _, manifest = make_version(tmp_path, "m", 2)
+    manifest["files"].append({"path": "../../etc/cron.d/evil", "size": 1, "sha256": "a" * 64})
+    remote.write_bytes(f"2/{MANIFEST_FILE}", json.dumps(manifest).encode())
+    _, _, other = make_version(tmp_path, "other", 3)
+    remote.write_bytes(f"3/{MANIFEST_FILE}", json.dumps(other).encode())
+    dest = tmp_path / "serve" / "m"
+    result = Puller(f"{models_uri}/m", dest, keep=3, quiet=True).sync_once()
+    assert "escapes the version folder" in result.rejected[2]
+    assert "manifest is for model 'other', expected 'm'" in result.rejected[3]
+    assert result.local == [1]
+    assert not (tmp_path / "etc").exists()
+
+
+def test_keep_prunes_old_versions_but_never_the_newest(tmp_path, models_uri):
+    dest = tmp_path / "serve" / "m"
+    puller = Puller(f"{models_uri}/m", dest, keep=2, quiet=True)
+    for version in (1, 2, 3):
+        publish_fake(tmp_path, models_uri, "m", version)
+        puller.sync_once()
+    assert puller.local_versions() == [2, 3]
+    assert Puller(f"{models_uri}/m", dest, keep=1, quiet=True).sync_once().local == [3]
+    assert sorted(p.name for p in dest.iterdir()) == ["3"]
+
+
+def test_local_sources_work_and_symlinks_are_refused(tmp_path):
+    models = tmp_path / "models"
+    publish_fake(tmp_path, str(models), "m", 1)
+    folder = publish_fake(tmp_path, str(models), "m", 2)
+    linked = models / "m" / "2" / "assets" / "labels.txt"
+    linked.unlink()
+    linked.symlink_to(folder / "assets" / "labels.txt")  # same content, but a link
+    result = Puller(str(models / "m"), tmp_path / "serve" / "m", quiet=True).sync_once()
+    assert result.local == [1] and "symbolic link" in result.rejected[2]
+
+
+def test_init_container_exit_codes(tmp_path, seaweed, models_uri):
+    dest = tmp_path / "serve" / "m"
+    proc = run_cli("serving", "pull", "--source", f"{models_uri}/m", "--dest", str(dest))
+    assert proc.returncode == 1
+    assert f"error: no verified version of 'm' under {models_uri}/m" in proc.stderr
+    publish_fake(tmp_path, models_uri, "m", 1)
+    proc = run_cli("serving", "pull", "--source", f"{models_uri}/m", "--dest", str(dest), "-q")
+    assert proc.returncode == 0 and "versions present" in proc.stdout
+    unreachable = {"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_MAX_ATTEMPTS": "2"}
+    proc = run_cli("serving", "pull", "--source", f"{models_uri}/m", "--dest",
+                   str(tmp_path / "empty" / "m"), env=unreachable)
+    assert proc.returncode == 3 and "cannot reach the object store" in proc.stderr
+    # With a verified version already present, an unreachable store is not fatal.
+    proc = run_cli("serving", "pull", "--source", f"{models_uri}/m", "--dest", str(dest),
+                   env=unreachable)
+    assert proc.returncode == 0 and "serving the local versions [1]" in proc.stdout
+
+
+@pytest.mark.slow
+def test_watch_survives_a_store_outage_and_picks_up_new_versions(tmp_path):
+    store = SeaweedFS(tmp_path / "store", access_key="w-" + uuid.uuid4().hex[:8],
+                      secret_key=uuid.uuid4().hex)
+    store.start()
+    store.create_bucket("models")
+    env = {**os.environ, **store.env(), "AWS_MAX_ATTEMPTS": "2"}
+    from trainer.storage import s3_client
+
+    saved = {k: os.environ.get(k) for k in store.env()}
+    os.environ.update(store.env())
+    s3_client.cache_clear()
+    dest = tmp_path / "serve" / "m"
+    log = (tmp_path / "puller.log").open("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "serving", "pull", "--source",
+                             "s3://models/m", "--dest", str(dest), "--watch", "--interval",
+                             "0.5", "-q"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                            cwd=REPO)
+    try:
+        publish_fake(tmp_path, "s3://models", "m", 1)
+        wait_for(lambda: (dest / "1").is_dir())
+        store.stop()
+        wait_for(lambda: "sync failed" in read(log))
+        time.sleep(2)  # several failed polls
+        assert (dest / "1").is_dir() and proc.poll() is None  # nothing lost, still running
+        store.start()
+        s3_client.cache_clear()
+        publish_fake(tmp_path, "s3://models", "m", 2)
+        wait_for(lambda: (dest / "2").is_dir(), timeout=120)
+        assert "object store reachable again" in read(log)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert sorted(p.name for p in dest.iterdir()) == ["1", "2"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        store.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        s3_client.cache_clear()
+
+
+def read(log) -> str:
+    log.seek(0)
+    return log.read()
+
+
+def wait_for(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
