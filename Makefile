@@ -6,7 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test demo lint clean
+IMAGE_TAG ?= 0.1.0
+KUBECTL := $(VENV)/bin/kubectl
+
+.PHONY: install test demo lint manifests images clean
 
 install: $(STAMP)
 
@@ -24,6 +27,19 @@ demo: install
 
 lint: install
 	$(PY) -m ruff check trainer serving tools tests
+	$(VENV)/bin/hadolint trainer/Dockerfile serving/Dockerfile serving/puller.Dockerfile
+
+manifests: install
+	@for overlay in k8s/overlays/*/; do \
+		echo "# ---- $$overlay"; $(KUBECTL) kustomize $$overlay || exit 1; done
+
+images:
+	@docker info >/dev/null 2>&1 || { echo "make images: no Docker engine answers" >&2; exit 1; }
+	docker build -f trainer/Dockerfile -t vgg16-transfer/trainer:$(IMAGE_TAG) .
+	docker build -f trainer/Dockerfile --build-arg TF_VARIANT=-gpu \
+		-t vgg16-transfer/trainer:$(IMAGE_TAG)-gpu .
+	docker build -f serving/puller.Dockerfile -t vgg16-transfer/puller:$(IMAGE_TAG) .
+	docker build -f serving/Dockerfile -t vgg16-transfer/tfserving:$(IMAGE_TAG) .
 
 clean:
 	rm -rf .demo .pytest_cache .ruff_cache build *.egg-info

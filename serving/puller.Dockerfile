@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1
+# The model puller (and client): `python -m serving pull ...` on a slim Python image.
+#   docker build -f serving/puller.Dockerfile -t vgg16-transfer/puller:0.1.0 .
+# Only the puller's own dependencies are installed (requirements/puller.lock: boto3, click,
+# tqdm); it imports nothing from TensorFlow.
+ARG PYTHON_VERSION=3.11.14
+
+FROM python:${PYTHON_VERSION}-slim-bookworm
+
+ARG UID=10001
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY requirements/puller.lock requirements/puller.lock
+RUN pip install --no-deps -r requirements/puller.lock
+
+COPY pyproject.toml README.md ./
+COPY trainer/ trainer/
+COPY serving/ serving/
+# /models is created owned by the puller so an empty Docker volume mounted there starts
+# writable for it.
+RUN pip install --no-deps . \
+    && useradd --uid "${UID}" --no-create-home --home-dir /tmp --shell /usr/sbin/nologin puller \
+    && mkdir /models && chown "${UID}:${UID}" /models
+
+USER ${UID}:${UID}
+ENTRYPOINT ["python", "-m", "serving"]
+CMD ["pull", "--help"]

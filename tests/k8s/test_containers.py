@@ -1,0 +1,250 @@
+"""Dockerfiles, dependency locks and the docker compose stack, checked statically with real
+tools (hadolint, the compose file's own structure, and `docker compose config` when a
+compose-capable Docker is present)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import text_format
+
+from serving import config as serving_config
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILES = ["trainer/Dockerfile", "serving/Dockerfile", "serving/puller.Dockerfile"]
+
+
+def tool(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+def instructions(path: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined, comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", (REPO / path).read_text())
+    result = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            result.append((word.upper(), rest.strip()))
+    return result
+
+
+def arg_defaults(path: str) -> dict[str, str]:
+    return dict(a.split("=", 1) for w, a in instructions(path) if w == "ARG" and "=" in a)
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
+
+
+def pyproject_pins() -> dict[str, str]:
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    return {normalize(name): version for name, version in (d.split("==") for d in deps)}
+
+
+def lock(name: str) -> dict[str, str]:
+    lines = (REPO / "requirements" / name).read_text().splitlines()
+    return {normalize(name): version for name, version in
+            (line.split("==") for line in lines if line and not line.startswith("#"))}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_hadolint_passes(dockerfile):
+    proc = subprocess.run([tool("hadolint"), str(REPO / dockerfile)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_images_are_pinned_non_root_and_exec_form(dockerfile):
+    steps = instructions(dockerfile)
+    defaults = arg_defaults(dockerfile)
+    for word, rest in steps:
+        if word == "FROM":
+            image = re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m.group(1), ""),
+                           rest.split()[0])
+            name, _, tag = image.partition(":")
+            assert tag and tag != "latest" and re.search(r"\d+\.\d+", tag), image
+    [user] = [rest for word, rest in steps if word == "USER"]
+    uid = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], user).split(":")[0]
+    assert uid.isdigit() and int(uid) >= 1000, user
+    [entrypoint] = [rest for word, rest in steps if word == "ENTRYPOINT"]
+    assert entrypoint.startswith("["), entrypoint  # exec form
+    assert (REPO / f"{dockerfile}.dockerignore").read_text() == \
+        (REPO / ".dockerignore").read_text()
+
+
+def test_trainer_image_cpu_gpu_from_one_file_with_weights_baked_in():
+    steps = instructions("trainer/Dockerfile")
+    defaults = arg_defaults("trainer/Dockerfile")
+    assert defaults["TF_VERSION"] == pyproject_pins()["tensorflow"]
+    assert defaults["TF_VARIANT"] == ""  # CPU by default; --build-arg TF_VARIANT=-gpu
+    assert ("FROM", "tensorflow/tensorflow:${TF_VERSION}${TF_VARIANT}") in steps
+    runs = [rest for word, rest in steps if word == "RUN"]
+    copies = [rest for word, rest in steps if word == "COPY"]
+    assert "keras.applications.VGG16(include_top=True, weights='imagenet')" in " ".join(runs)
+    # Dependencies from the lock are installed before the source is copied (layer caching).
+    lock_copy = next(i for i, c in enumerate(copies) if "trainer.lock" in c)
+    source_copy = next(i for i, c in enumerate(copies) if c.startswith("trainer/"))
+    assert lock_copy < source_copy
+    assert ("ENTRYPOINT", '["python", "-m", "trainer"]') in steps
+
+
+def test_locks_agree_with_pyproject():
+    pins = pyproject_pins()
+    for name in ("trainer.lock", "puller.lock"):
+        locked = lock(name)
+        for package, version in locked.items():
+            if package in pins:
+                assert pins[package] == version, (name, package)
+    trainer = lock("trainer.lock")
+    assert set(pins) <= set(trainer)  # the trainer image has everything the project needs
+
+
+def test_the_puller_image_has_every_module_the_puller_imports():
+    """Run `serving pull --help` and import the puller with only the puller lock's packages
+    (plus the standard library and the project) importable."""
+    from importlib.metadata import packages_distributions
+
+    locked = set(lock("puller.lock"))
+    allowed = {module for module, dists in packages_distributions().items()
+               if any(normalize(d) in locked for d in dists)}
+    allowed |= set(sys.stdlib_module_names) | {"trainer", "serving", "_distutils_hack"}
+    code = f"""
+import sys
+allowed = {sorted(allowed)!r}
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] not in allowed:
+            raise ModuleNotFoundError(f"the puller image has no {{name}}")
+sys.meta_path.insert(0, Block())
+import serving.puller, serving.client
+from serving.cli import cli
+cli(["pull", "--help"], standalone_mode=False)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--watch" in proc.stdout
+
+
+def test_serving_image_uses_the_project_config_and_known_flags():
+    from tests.k8s.test_manifests import TF_SERVING_FLAGS
+
+    steps = instructions("serving/Dockerfile")
+    assert arg_arg(steps, "TF_SERVING_VERSION") == "2.20.0"
+    [entrypoint] = [rest for word, rest in steps if word == "ENTRYPOINT"]
+    args = yaml.safe_load(entrypoint)
+    assert args[0] == "/usr/bin/tensorflow_model_server"
+    flags = dict(a.removeprefix("--").split("=", 1) for a in args[1:])
+    assert set(flags) <= TF_SERVING_FLAGS
+    assert flags["port"] == "8500" and flags["rest_api_port"] == "8501"
+    assert flags["enable_grpc_healthcheck_service"] == "true"
+    copied = next(rest for word, rest in steps if word == "COPY").split()
+    for path in copied[:-1]:
+        assert (REPO / path).is_file(), path
+        assert f"/etc/tfserving/{Path(path).name}" in flags.values()
+
+
+def arg_arg(steps, name: str) -> str:
+    return next(rest.split("=", 1)[1] for word, rest in steps
+                if word == "ARG" and rest.startswith(f"{name}="))
+
+
+# ---------------------------------------------------------------------------------------
+# docker compose
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def _env(service: dict) -> dict:
+    return service.get("environment", {})
+
+
+def test_every_compose_image_is_pinned(compose):
+    for name, service in compose["services"].items():
+        image, _, tag = service["image"].rpartition(":")
+        assert image and tag and tag != "latest", name
+        if "build" in service:
+            assert (REPO / service["build"]["dockerfile"]).is_file()
+            assert service["image"].startswith("vgg16-transfer/")
+
+
+def test_long_running_services_have_healthchecks_and_no_host_network(compose):
+    for name in ("s3", "puller", "tfserving"):
+        assert compose["services"][name]["healthcheck"]["test"], name
+    for name, service in compose["services"].items():
+        assert service.get("network_mode") != "host" and not service.get("privileged"), name
+        if name != "s3":
+            assert service.get("read_only") is True and service.get("cap_drop") == ["ALL"]
+
+
+def test_ports_are_published_on_localhost_only(compose):
+    published = [p for s in compose["services"].values() for p in s.get("ports", [])]
+    assert all(p.startswith("127.0.0.1:") for p in published), published
+    assert {"127.0.0.1:8500:8500", "127.0.0.1:8501:8501"} <= set(
+        compose["services"]["tfserving"]["ports"])
+
+
+def test_the_env_the_code_reads_is_set(compose):
+    services = compose["services"]
+    for name in ("init", "trainer", "puller"):
+        env = _env(services[name])
+        assert env["AWS_ENDPOINT_URL"] == "http://s3:8333", name
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"} <= set(env), name
+        assert "${AWS_SECRET_ACCESS_KEY:?" in env["AWS_SECRET_ACCESS_KEY"]  # from .env only
+    assert {"DATA_URI", "MODELS_URI", "MODEL_NAME"} <= set(_env(services["trainer"]))
+    assert {"MODEL_SOURCE", "MODEL_DEST"} <= set(_env(services["puller"]))
+    example = (REPO / ".env.example").read_text()
+    assert "AWS_ACCESS_KEY_ID=" in example and "AWS_SECRET_ACCESS_KEY=" in example
+    assert ".env" in (REPO / ".gitignore").read_text().split()
+
+
+def test_volumes_and_names_agree_with_the_serving_config(compose):
+    [model] = serving_config.load_models(REPO / "serving" / "config" / "models.config")
+    services = compose["services"]
+    puller, tfserving, trainer = services["puller"], services["tfserving"], services["trainer"]
+    assert _env(puller)["MODEL_DEST"] == model.base_path
+    assert _env(puller)["MODEL_SOURCE"] == f"{_env(trainer)['MODELS_URI']}/{model.name}"
+    assert _env(trainer)["MODEL_NAME"] == model.name
+    assert "models:/models" in puller["volumes"] and "models:/models:ro" in \
+        tfserving["volumes"]
+    assert model.base_path.startswith("/models/")
+    assert text_format.MessageToString(model)  # a real ModelConfig
+    buckets = next(a for a in services["s3"]["command"] if a.startswith("-bucket="))
+    for uri in (_env(trainer)["DATA_URI"], _env(trainer)["MODELS_URI"],
+                _env(trainer)["FEATURE_CACHE"]):
+        assert uri.removeprefix("s3://").split("/")[0] in buckets.split("=")[1].split(",")
+
+
+def _compose_cli() -> list[str] | None:
+    for cmd in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(cmd[0]):
+            probe = subprocess.run([*cmd, "version"], capture_output=True, text=True)
+            if probe.returncode == 0:
+                return cmd
+    return None
+
+
+def test_docker_compose_config_accepts_the_files(tmp_path):
+    cmd = _compose_cli()
+    if cmd is None:
+        pytest.skip("no compose-capable Docker CLI here (`docker compose version` fails)")
+    env_file = tmp_path / ".env"
+    env_file.write_text("AWS_ACCESS_KEY_ID=check\nAWS_SECRET_ACCESS_KEY=check-secret\n")
+    for files in (["docker-compose.yml"], ["docker-compose.yml", "docker-compose.gpu.yml"]):
+        args = [a for f in files for a in ("-f", str(REPO / f))]
+        proc = subprocess.run([*cmd, "--env-file", str(env_file), *args, "config", "--quiet"],
+                              capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert proc.returncode == 0, proc.stderr
