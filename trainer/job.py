@@ -6,6 +6,7 @@ import logging
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,14 @@ from trainer.manifest import build_manifest, list_version_files
 from trainer.model import BaseModel, build_base, full_model
 from trainer.preprocessing import IMAGE_SIZE, PREPROCESSING, PREPROCESSING_VERSION
 from trainer.publish import publish
-from trainer.report import classification_metrics, write_config, write_report
-from trainer.storage import open_location
+from trainer.report import (
+    classification_metrics,
+    write_config,
+    write_metrics,
+    write_plots,
+    write_report,
+)
+from trainer.storage import LocalLocation, open_location
 from trainer.train import FitResult, fit_end_to_end, fit_on_features
 
 log = logging.getLogger(__name__)
@@ -110,21 +117,31 @@ def run(config: TrainConfig) -> JobResult:
     }
     result = JobResult(None, None, metrics, fit, base, images, val)
 
-    with tempfile.TemporaryDirectory(prefix="trainer-") as work:
+    if validation["accuracy"] < config.min_val_accuracy:
+        with tempfile.TemporaryDirectory(prefix="trainer-report-") as work:
+            write_report(Path(work), metrics, fit.history)
+            _copy_report(Path(work), config.report_dir)
+        raise GateNotMet(f"validation accuracy {validation['accuracy']:.4f} is below "
+                         f"--min-val-accuracy {config.min_val_accuracy}; nothing published")
+
+    # Assemble the version next to a local output, so publishing is a rename, not a copy.
+    output = open_location(config.output)
+    work_root = None
+    if isinstance(output, LocalLocation):
+        work_root = output.root / config.model_name
+        work_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".incoming-trainer-", dir=work_root) as work:
         version_dir = Path(work) / "version"
         report_dir = version_dir / REPORT_SUBDIR
-        if validation["accuracy"] < config.min_val_accuracy:
-            write_report(report_dir, metrics, fit.history)
-            _copy_report(report_dir, config.report_dir)
-            raise GateNotMet(f"validation accuracy {validation['accuracy']:.4f} is below "
-                             f"--min-val-accuracy {config.min_val_accuracy}; nothing published")
-
-        model = full_model(base, fit.head)
-        export_saved_model(model, images.classes, version_dir,
-                           [images.contents[i] for i in val])
+        # The plots are drawn while TensorFlow writes the SavedModel.
+        with ThreadPoolExecutor(1) as pool:
+            plots = pool.submit(write_plots, report_dir, metrics, fit.history)
+            export_saved_model(full_model(base, fit.head), images.classes, version_dir,
+                               [images.contents[i] for i in val])
+            plots.result()
         t = lap("export", t)
         timings["total_before_publish"] = round(t - started, 3)
-        write_report(report_dir, metrics, fit.history)
+        write_metrics(report_dir, metrics)
 
         version = config.version or int(time.time())
         write_config(report_dir, config.resolved(version).to_json())
@@ -140,10 +157,10 @@ def run(config: TrainConfig) -> JobResult:
             dataset={"uri": config.data, "fingerprint": images.fingerprint(),
                      "images": len(images), "skipped": len(images.skipped)},
             files=files)
+        _copy_report(report_dir, config.report_dir)
         result.uri = publish(version_dir, files, manifest, config.output, config.model_name,
                              version, quiet=config.quiet)
         result.version = version
-        _copy_report(report_dir, config.report_dir)
     return result
 
 

@@ -49,14 +49,17 @@ def _publish_local(version_dir: Path, models: LocalLocation, model_name: str,
     # A non-numeric hidden name: TF Serving and the puller ignore it until the rename.
     staging = Path(tempfile.mkdtemp(prefix=f".incoming-{version}-", dir=models.root))
     try:
-        shutil.copytree(version_dir, staging, dirs_exist_ok=True)
+        assembled = staging / "version"
         try:
-            os.rename(staging, final)  # atomic; fails if `final` appeared meanwhile
+            os.rename(version_dir, assembled)  # same filesystem: no 0.5 GB copy
+        except OSError:
+            shutil.copytree(version_dir, assembled)
+        try:
+            os.rename(assembled, final)  # atomic; fails if `final` appeared meanwhile
         except OSError as e:
             raise _already_published(model_name, version, str(final)) from e
-    except BaseException:
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
     return str(final)
 
 

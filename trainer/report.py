@@ -68,12 +68,22 @@ def plot_confusion_matrix(metrics: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def write_report(folder: Path, metrics: dict, history: dict[str, list[float]]) -> None:
-    """metrics.json and the two pictures into `folder`."""
+def write_plots(folder: Path, metrics: dict, history: dict[str, list[float]]) -> None:
+    """The two pictures into `folder` (safe to run beside the export: no shared state)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     plot_training_curves(history, folder / CURVES_FILE)
     plot_confusion_matrix(metrics["validation"], folder / CONFUSION_FILE)
+
+
+def write_metrics(folder: Path, metrics: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def write_report(folder: Path, metrics: dict, history: dict[str, list[float]]) -> None:
+    """metrics.json and the two pictures into `folder`."""
+    write_metrics(folder, metrics)
+    write_plots(folder, metrics, history)
 
 
 def write_config(folder: Path, config: dict) -> None:
