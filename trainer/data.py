@@ -19,8 +19,8 @@ from trainer.errors import InputError
 from trainer.storage import Location, open_location
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
-# Declared size above which an image is refused before decoding (a 100 MP photo is ~300 MB
-# decoded); Pillow's header check makes this cheap and stops decompression bombs.
+# Declared size above which an image is refused before decoding: the same limit the graph
+# enforces (trainer.preprocessing.MAX_IMAGE_PIXELS; not imported here to keep TF out).
 MAX_IMAGE_PIXELS = 100_000_000
 MIN_IMAGES_PER_CLASS = 2
 MIN_CLASSES = 2
@@ -75,8 +75,9 @@ def _check_header(data: bytes) -> str | None:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
-    except (UnidentifiedImageError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return f"image too large (more than {MAX_IMAGE_PIXELS} pixels declared)"
+    except UnidentifiedImageError as e:
         return f"not a readable image ({type(e).__name__})"
     except (OSError, ValueError, SyntaxError) as e:
         return f"not a readable image ({e})"

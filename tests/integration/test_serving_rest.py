@@ -205,3 +205,16 @@ def test_prometheus_metrics_use_tf_serving_names(server, tiny_model):
     assert ':tensorflow:serving:request_latency_count{model_name="tiny",API="predict",' \
         'entrypoint="REST"}' in page
     assert "_total" not in page
+
+
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(server):
+    import io
+
+    from PIL import Image
+
+    bomb = io.BytesIO()
+    Image.new("1", (12_000, 12_000)).save(bomb, "PNG")  # valid PNG: 144 MP in ~20 KB
+    status, body = http_json("POST", url(server, "/v1/models/tiny:predict"),
+                             {"instances": [b64(bomb.getvalue())]})
+    assert status == 400
+    assert "image too large: more than 100000000 pixels declared" in body["error"]

@@ -108,6 +108,9 @@ def test_bad_and_odd_files_are_skipped_and_listed(tmp_path, small_data):
     (small_data / "circle" / "link.jpg").symlink_to(sorted((small_data / "circle").glob(
         "*.jpg"))[0])
     (small_data / "circle" / "broken.jpg").symlink_to(tmp_path / "gone.jpg")
+    bomb = io.BytesIO()
+    Image.new("1", (12_000, 12_000)).save(bomb, "PNG")  # 144 MP declared in a few KB
+    (sq / "huge.png").write_bytes(bomb.getvalue())
 
     result = train(*common(tmp_path, small_data), "--report-dir", str(tmp_path / "report"),
                    "--epochs", "1")
@@ -121,12 +124,13 @@ def test_bad_and_odd_files_are_skipped_and_listed(tmp_path, small_data):
         "square/cut.jpg": "cannot be decoded by TensorFlow (corrupt or truncated)",
         "stray.jpg": "not inside a class folder",
         "circle/broken.jpg": "unreadable (missing or broken link)",
+        "square/huge.png": "image too large (more than 100000000 pixels declared)",
     }
     assert reasons["square/fake.png"].startswith("not a readable image")
     # Nested folders belong to their top-level class; symlinked files are read through.
     assert metrics["images"]["per_class"]["circle"]["train"] + \
         metrics["images"]["per_class"]["circle"]["val"] == 5
-    assert "6 skipped" in result.stdout
+    assert "7 skipped" in result.stdout
 
 
 def test_unreadable_weights_file(tmp_path, small_data):

@@ -62,3 +62,30 @@ def test_vgg_preprocessing_is_keras_preprocess_input():
 def test_undecodable_bytes_raise_invalid_argument():
     with pytest.raises(tf.errors.InvalidArgumentError):
         decode_and_resize(tf.constant(b"\x89PNG but not really"))
+
+
+def _png_bomb(side: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("1", (side, side)).save(buf, "PNG")  # a few KB that decode to side^2 pixels
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "BMP", "JPEG"])
+def test_declared_pixels_reads_each_format_header(fmt):
+    from trainer.preprocessing import declared_pixels
+
+    data = encode(Image.new("RGB", (123, 45)), fmt)
+    assert int(declared_pixels(tf.constant(data))) == 123 * 45
+    assert int(declared_pixels(tf.constant(b"plain text"))) == 0
+
+
+def test_decompression_bombs_are_refused_before_decoding():
+    from trainer.data import MAX_IMAGE_PIXELS as TRAINER_LIMIT
+    from trainer.preprocessing import MAX_IMAGE_PIXELS
+
+    assert MAX_IMAGE_PIXELS == TRAINER_LIMIT
+    bomb = _png_bomb(12_000)  # 144 MP declared
+    assert len(bomb) < 100_000
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image too large"):
+        decode_and_resize(tf.constant(bomb))
+    decode_and_resize(tf.constant(_png_bomb(2_000)))  # 4 MP: fine
