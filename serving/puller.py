@@ -150,6 +150,9 @@ class Puller:
         staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-", dir=self.dest))
         try:
             self._download(version, manifest, staging)
+            # Deleted (or unpublished) while we downloaded: it no longer exists for readers.
+            if not self.source.child(str(version)).exists(MANIFEST_FILE):
+                raise Rejected("deleted from the store while it was being downloaded")
             (staging / MANIFEST_FILE).write_text(manifest_text(manifest))
             os.chmod(staging, 0o755)  # mkdtemp makes it private; the server may be another user
             os.rename(staging, self.dest / str(version))

@@ -208,3 +208,26 @@ def wait_for(condition, timeout: float = 60) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.2)
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda m: m.update(format=2), "unknown manifest format 2"),
+    (lambda m: m.pop("files"), "missing field 'files'"),
+    (lambda m: m.update(classes="a,b"), "field 'classes' has the wrong type"),
+    (lambda m: m.update(version="2"), "field 'version' has the wrong type"),
+    (lambda m: m["files"][0].update(sha256=123), "sha256 must be 64 lowercase hex digits"),
+    (lambda m: m["files"].append({"path": "assets/extra.bin", "size": 3,
+                                  "sha256": "a" * 64}), "assets/extra.bin"),
+])
+def test_bad_manifests_are_refused_with_their_reason(tmp_path, models_uri, change, reason):
+    publish_fake(tmp_path, models_uri, "m", 1)
+    folder, files, manifest = make_version(tmp_path, "m", 2)
+    remote = open_location(f"{models_uri}/m/2")
+    for f in files:
+        remote.upload_file(f.path, folder / f.path, None)
+    change(manifest)
+    remote.write_bytes(MANIFEST_FILE, json.dumps(manifest).encode())
+    dest = tmp_path / "serve" / "m"
+    result = Puller(f"{models_uri}/m", dest, keep=2, quiet=True).sync_once()
+    assert reason in result.rejected[2]
+    assert result.local == [1] and staging_left(dest) == []
