@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 IMAGE_TAG ?= 0.1.0
 KUBECTL := $(VENV)/bin/kubectl
 
-.PHONY: install test demo lint manifests images clean
+.PHONY: install test demo bench lint manifests images clean
 
 install: $(STAMP)
 
@@ -24,6 +24,9 @@ test: install
 
 demo: install
 	$(PY) -m tools.demo
+
+bench: install
+	$(PY) -m tests.benchmarks.run $(BENCH_ARGS)
 
 lint: install
 	$(PY) -m ruff check trainer serving tools tests
@@ -42,4 +45,4 @@ images:
 	docker build -f serving/Dockerfile -t vgg16-transfer/tfserving:$(IMAGE_TAG) .
 
 clean:
-	rm -rf .demo .pytest_cache .ruff_cache build *.egg-info
+	rm -rf .demo .bench .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,334 @@
+"""`make bench`: performance figures, each a ratio measured side by side in one run.
+
+    python -m tests.benchmarks.run [--quick]
+
+Prints a table (figure, value, target, met) and writes .bench/results.json. Not part of
+`make test`: timings belong here, never in assertions. --quick shrinks the workloads to
+check the harness itself in a couple of minutes (its figures are not the targets' figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+WORK = REPO / ".bench"
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TQDM_DISABLE": "1"}
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float
+    target: str
+    met: bool
+    detail: str
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def trainer(*args: str) -> float:
+    """Run the trainer CLI; wall seconds."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "trainer", *args], env=ENV, cwd=REPO, check=True,
+                   stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------------------
+# 1-3: training
+
+def bench_training(data: Path, epochs: int, repeats: int) -> tuple[list[Figure], Path]:
+    common = ["train", "--data", str(data), "--model-name", "bench", "--weights", "none",
+              "--epochs", str(epochs), "--quiet"]
+    cold, warm, features = [], [], []
+    output = WORK / "models"
+    for i in range(repeats):
+        cache = WORK / f"cache-{i}"
+        shutil.rmtree(cache, ignore_errors=True)
+        report = WORK / f"report-cold-{i}"
+        cold.append(trainer(*common, "--output", str(output), "--cache", str(cache),
+                            "--version", str(100 + i), "--report-dir", str(report)))
+        metrics = json.loads((report / "metrics.json").read_text())
+        features.append(metrics["timings_s"]["features"])
+        log(f"cached run, cold cache: {cold[-1]:.1f} s (feature extraction {features[-1]:.1f} s)")
+        report = WORK / f"report-warm-{i}"
+        warm.append(trainer(*common, "--output", str(output), "--cache", str(cache),
+                            "--version", str(200 + i), "--report-dir", str(report)))
+        metrics = json.loads((report / "metrics.json").read_text())
+        assert metrics["features"]["computed"] == 0, "warm run computed features"
+        log(f"cached run, warm cache: {warm[-1]:.1f} s (0 features computed)")
+    no_cache = trainer(*common, "--output", str(output), "--no-cache", "--version", "300")
+    log(f"--no-cache run: {no_cache:.1f} s")
+    cold_m, warm_m = statistics.median(cold), statistics.median(warm)
+    figures = [
+        Figure("training: --no-cache / cached (cold cache), end to end", no_cache / cold_m,
+               ">= 6", no_cache / cold_m >= 6,
+               f"no-cache {no_cache:.1f} s (1 run) vs cached median {cold_m:.1f} s "
+               f"({repeats} runs); {epochs} epochs"),
+        Figure("warm cache: second run / first run", warm_m / cold_m, "< 0.25",
+               warm_m / cold_m < 0.25,
+               f"warm median {warm_m:.1f} s vs cold {cold_m:.1f} s; 0 features computed"),
+    ]
+    return figures, statistics.median(features)
+
+
+BARE_PREDICT = r"""
+import sys, time, numpy as np, tensorflow as tf
+from pathlib import Path
+from trainer.model import build_base
+from trainer.preprocessing import preprocess_image_bytes
+files = sorted(p for p in Path(sys.argv[1]).rglob("*") if p.is_file())
+x = np.stack([preprocess_image_bytes(tf.constant(p.read_bytes())).numpy() for p in files])
+model = build_base("none", 0).features
+model.predict(x[:2], batch_size=32, verbose=0)  # trace and warm up
+times = []
+for _ in range(int(sys.argv[2])):
+    t = time.perf_counter(); model.predict(x, batch_size=32, verbose=0)
+    times.append(time.perf_counter() - t)
+print(sorted(times)[len(times) // 2])
+"""
+
+
+def bench_extraction(data: Path, trainer_seconds: float, repeats: int) -> Figure:
+    out = subprocess.run([sys.executable, "-c", BARE_PREDICT, str(data), str(repeats)],
+                         env=ENV, cwd=REPO, check=True, capture_output=True, text=True)
+    bare = float(out.stdout.strip().splitlines()[-1])
+    log(f"bare model.predict over decoded images: {bare:.1f} s; trainer extraction from "
+        f"encoded files: {trainer_seconds:.1f} s")
+    ratio = bare / trainer_seconds
+    return Figure("feature extraction: bare predict / trainer extraction", ratio, ">= 0.85",
+                  ratio >= 0.85, f"bare {bare:.1f} s vs trainer {trainer_seconds:.1f} s "
+                  "(trainer: median of the cold runs; same images, same weights)")
+
+
+# ---------------------------------------------------------------------------------------
+# 4-6: serving
+
+def images(data: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file()]
+
+
+def latency_in_process(version_dir: Path, image: bytes, n: int) -> list[float]:
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    for _ in range(5):
+        fn(image_bytes=tf.constant([image]))
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn(image_bytes=tf.constant([image]))["scores"].numpy()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def latency_grpc(target: str, image: bytes, n: int) -> list[float]:
+    from serving.client import GrpcClient
+
+    with GrpcClient(target) as client:
+        for _ in range(5):
+            client.classify([image], "bench")
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            client.classify([image], "bench")
+            times.append(time.perf_counter() - t)
+    return times
+
+
+def latency_rest(url: str, image: bytes, n: int) -> list[float]:
+    import requests
+
+    body = json.dumps({"instances": [{"b64": base64.b64encode(image).decode()}]})
+    times = []
+    with requests.Session() as session:
+        for i in range(n + 5):
+            t = time.perf_counter()
+            response = session.post(f"{url}/v1/models/bench:predict", data=body, timeout=60)
+            response.raise_for_status()
+            if i >= 5:
+                times.append(time.perf_counter() - t)
+    return times
+
+
+def throughput(call, pool_size: int, seconds: float) -> tuple[float, int]:
+    """Images per second with `pool_size` clients each sending one image at a time."""
+    stop = time.perf_counter() + seconds
+    done, errors = [0], [0]
+    lock = threading.Lock()
+
+    def client():
+        while time.perf_counter() < stop:
+            try:
+                call()
+                with lock:
+                    done[0] += 1
+            except Exception:  # counted: the figure requires zero
+                with lock:
+                    errors[0] += 1
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(pool_size) as pool:
+        for _ in range(pool_size):
+            pool.submit(client)
+    return done[0] / (time.perf_counter() - started), errors[0]
+
+
+def start_server(base: Path, name: str, *extra: str):
+    from tools.model_server import LocalServer
+
+    server = LocalServer(["--model-name", "bench", "--model-base-path", str(base), *extra],
+                         WORK / f"{name}.log")
+    started = time.perf_counter()
+    server.start(wait_for_model="bench")
+    return server, time.perf_counter() - started
+
+
+def bench_serving(version_dir: Path, data: Path, n: int, seconds: float) -> list[Figure]:
+    import tensorflow as tf
+
+    from serving.client import GrpcClient
+
+    base = WORK / "served" / "bench"
+    shutil.rmtree(base.parent, ignore_errors=True)
+    base.mkdir(parents=True)
+    shutil.copytree(version_dir, base / "1", copy_function=os.link)
+    pool = images(data)
+    one = pool[0]
+
+    in_process = latency_in_process(version_dir, one, n)
+    log(f"in-process p50 {statistics.median(in_process) * 1e3:.0f} ms")
+    server, startup = start_server(base, "server")
+    figures = []
+    try:
+        by_grpc = latency_grpc(server.grpc_target, one, n)
+        log(f"gRPC p50 {statistics.median(by_grpc) * 1e3:.0f} ms")
+        by_rest = latency_rest(server.rest_url, one, n)
+        log(f"REST p50 {statistics.median(by_rest) * 1e3:.0f} ms")
+        base_p50 = statistics.median(in_process)
+        for label, times, limit in (("gRPC", by_grpc, 0.10), ("REST", by_rest, 0.15)):
+            overhead = statistics.median(times) / base_p50 - 1
+            figures.append(Figure(
+                f"latency, batch 1: {label} p50 overhead over in-process", overhead,
+                f"<= {limit:.2f}", overhead <= limit,
+                f"p50 {statistics.median(times) * 1e3:.0f} ms vs {base_p50 * 1e3:.0f} ms; "
+                f"p99 {pct(times, 0.99) * 1e3:.0f} ms vs {pct(in_process, 0.99) * 1e3:.0f} ms; "
+                f"{n} sequential requests"))
+
+        counter = iter(range(10**9))
+        with GrpcClient(server.grpc_target, timeout=120) as client:
+            off, off_errors = throughput(
+                lambda: client.classify([pool[next(counter) % len(pool)]], "bench"), 8, seconds)
+        log(f"8 clients, batching off: {off:.2f} img/s, {off_errors} errors")
+
+        # 6b: a new version appearing -> served.
+        appeared = time.perf_counter()
+        staging = base / ".incoming-2"
+        shutil.copytree(version_dir, staging, copy_function=os.link)
+        os.rename(staging, base / "2")
+        with GrpcClient(server.grpc_target) as client:
+            while not any(v.version == 2 and v.state == "AVAILABLE"
+                          for v in client.status("bench")):
+                time.sleep(0.05)
+        swap = time.perf_counter() - appeared
+        log(f"new version served {swap:.1f} s after it appeared")
+    finally:
+        server.stop()
+
+    batched_server, batched_startup = start_server(
+        base, "server-batching", "--enable-batching", "--batching-parameters-file",
+        str(REPO / "serving" / "config" / "batching.config"))
+    try:
+        counter = iter(range(10**9))
+        with GrpcClient(batched_server.grpc_target, timeout=120) as client:
+            on, on_errors = throughput(
+                lambda: client.classify([pool[next(counter) % len(pool)]], "bench"), 8, seconds)
+        log(f"8 clients, batching on: {on:.2f} img/s, {on_errors} errors")
+    finally:
+        batched_server.stop()
+
+    fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    batch = tf.constant((pool * 32)[:32])
+    fn(image_bytes=batch)
+    started, count = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        fn(image_bytes=batch)["scores"].numpy()
+        count += 32
+    in_batched = count / (time.perf_counter() - started)
+    log(f"in-process batches of 32: {in_batched:.2f} img/s")
+
+    figures += [
+        Figure("throughput, 8 clients: batching on / in-process batched (32)",
+               on / in_batched, ">= 0.85 and 0 errors",
+               on / in_batched >= 0.85 and on_errors == 0,
+               f"on {on:.2f} img/s ({on_errors} errors), off {off:.2f} img/s "
+               f"({off_errors} errors), in-process {in_batched:.2f} img/s; {seconds:.0f} s each"),
+        Figure("server start to model AVAILABLE (s)", statistics.median(
+            [startup, batched_startup]), "(reported)", True,
+            f"{startup:.1f} s and {batched_startup:.1f} s (process start, TF import, load, "
+            "warmup)"),
+        Figure("new version appearing to AVAILABLE (s)", swap, "(reported)", True,
+               "poll every 1 s, load and warm up while the old version serves"),
+    ]
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny workloads (harness check)")
+    args = parser.parse_args()
+    per_class, epochs, repeats, n, seconds = (50, 10, 2, 200, 15.0) if not args.quick else \
+        (4, 2, 1, 10, 3.0)
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir()
+    started = time.perf_counter()
+    data = WORK / "data"
+    subprocess.run([sys.executable, "-m", "trainer", "sample-data", "--output", str(data),
+                    "--per-class", str(per_class), "--quiet"], env=ENV, cwd=REPO, check=True,
+                   stdout=subprocess.DEVNULL)
+    log(f"{2 * per_class} sample images; {os.cpu_count()} CPUs; {platform.processor() or ''}")
+
+    figures, trainer_extraction = bench_training(data, epochs, repeats)
+    # One bare pass of 100 images (~40 s, itself an average over 4 batches) keeps the whole
+    # benchmark near 15 minutes on 2 cores.
+    figures.insert(1, bench_extraction(data, trainer_extraction, 1))
+    figures += bench_serving(WORK / "models" / "bench" / "100", data, n, seconds)
+
+    machine = f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}"
+    results = {"machine": machine, "quick": args.quick,
+               "wall_time_s": round(time.perf_counter() - started, 1),
+               "figures": [asdict(f) for f in figures]}
+    (WORK / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    width = max(len(f.name) for f in figures)
+    print(f"\n{'figure':<{width}}  {'value':>7}  {'target':<22} met")
+    for f in figures:
+        print(f"{f.name:<{width}}  {f.value:7.2f}  {f.target:<22} {'yes' if f.met else 'NO'}")
+        print(f"{'':<{width}}    {f.detail}")
+    print(f"\n{machine}; wall time {results['wall_time_s']:.0f} s; .bench/results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
