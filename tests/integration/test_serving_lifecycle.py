@@ -179,7 +179,10 @@ def test_a_full_batching_queue_answers_unavailable_at_once(tiny_model, tmp_path)
         pair = [tiny_model.files[0][1], tiny_model.files[1][1]]
         with grpc.insecure_channel(srv.grpc_target) as channel, ThreadPoolExecutor(6) as pool:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            finished = {}
             futures = [pool.submit(grpc_predict, stub, pair) for _ in range(6)]
+            for i, f in enumerate(futures):
+                f.add_done_callback(lambda _, i=i: finished.setdefault(i, time.monotonic()))
             outcomes = []
             for f in futures:
                 try:
@@ -187,10 +190,14 @@ def test_a_full_batching_queue_answers_unavailable_at_once(tiny_model, tmp_path)
                     outcomes.append("ok")
                 except grpc.RpcError as e:
                     outcomes.append((e.code(), e.details()))
-        rejected = [o for o in outcomes if o != "ok"]
-        assert outcomes.count("ok") >= 2 and rejected, outcomes
-        assert set(rejected) == {(grpc.StatusCode.UNAVAILABLE, "The batch scheduling queue to "
-                                  "which this task was submitted is full")}
+        rejected = [i for i, o in enumerate(outcomes) if o != "ok"]
+        accepted = [i for i, o in enumerate(outcomes) if o == "ok"]
+        assert len(accepted) >= 2 and rejected, outcomes
+        assert {outcomes[i] for i in rejected} == {(
+            grpc.StatusCode.UNAVAILABLE,
+            "The batch scheduling queue to which this task was submitted is full")}
+        # Refused at once: every rejection is back before the first accepted request.
+        assert max(finished[i] for i in rejected) < min(finished[i] for i in accepted)
         status, _, text = http("POST", f"{srv.rest_url}/v1/models/tiny:predict", json.dumps(
             {"instances": [{"b64": base64.b64encode(pair[0]).decode()}]}))
         assert status == 200, text  # the server is fine afterwards

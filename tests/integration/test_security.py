@@ -1,0 +1,76 @@
+"""Security: no credentials leak anywhere, loopback by default, requests never touch files."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import urllib.parse
+
+import pytest
+import requests
+
+from tests.conftest import REPO, run_cli
+from trainer.storage import open_location
+
+pytestmark = pytest.mark.slow
+
+
+def test_no_credentials_in_the_tree_logs_reports_or_manifests(seaweed, published_s3, server,
+                                                              tmp_path):
+    secrets = [seaweed.access_key, seaweed.secret_key]
+    texts = {"trainer stdout": published_s3["proc"].stdout,
+             "trainer stderr": published_s3["proc"].stderr,
+             "server log": server.log_text(), "store log": seaweed.log_text()}
+    version = open_location(published_s3["version_uri"])
+    for entry in version.list_files():
+        if entry.path.endswith((".json", ".txt")):
+            texts[entry.path] = version.read_bytes(entry.path).decode("utf-8", "replace")
+    pull = run_cli("serving", "pull", "--source", published_s3["version_uri"].rsplit("/", 1)[0],
+                   "--dest", str(tmp_path / "demo"))
+    texts["puller output"] = pull.stdout + pull.stderr
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
+                             check=True).stdout.decode().split("\0")
+    for name in filter(None, tracked):
+        path = REPO / name
+        if path.is_file():
+            texts[name] = path.read_text(errors="replace")
+    assert len(texts) > 50
+    for where, text in texts.items():
+        for secret in secrets:
+            assert secret not in text, f"credential found in {where}"
+    config = texts["assets.extra/report/config.json"]
+    assert "secret" not in config.lower() and "AWS_" not in config
+
+
+def _outward_address() -> str | None:
+    """This machine's address on its default route (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_the_development_server_binds_loopback_by_default(server):
+    address = _outward_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to try")
+    for port in (server.rest_port, server.grpc_port):
+        with socket.socket() as s, pytest.raises(OSError):
+            s.settimeout(3)
+            s.connect((address, port))
+    assert requests.get(f"{server.rest_url}/v1/models/tiny", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "..", ".",
+                                  "tiny/../tiny", "%2e%2e", "tiny%00", "~root"])
+def test_model_names_from_requests_never_reach_the_filesystem(server, name):
+    quoted = urllib.parse.quote(name, safe="")
+    for method, path in (("GET", f"/v1/models/{quoted}"),
+                         ("GET", f"/v1/models/{quoted}/metadata"),
+                         ("POST", f"/v1/models/{quoted}:predict")):
+        response = requests.request(method, f"{server.rest_url}{path}", data="{}", timeout=30)
+        assert response.status_code in (400, 404), (name, path, response.text)
+        assert "root:" not in response.text
