@@ -19,7 +19,6 @@ import os
 import shutil
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from tqdm import tqdm
 
 from trainer.errors import StorageError, UserError
 from trainer.manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest
-from trainer.storage import ByteProgress, LocalLocation, Location, open_location
+from trainer.storage import ByteProgress, LocalLocation, Location, open_location, run_parallel
 
 log = logging.getLogger(__name__)
 STAGING_PREFIX = ".incoming-"
@@ -192,16 +191,8 @@ class Puller:
             if _sha256(target) != f.sha256:
                 raise Rejected(f"{f.path} does not match its sha256 in the manifest")
 
-        with bar, ThreadPoolExecutor(DOWNLOAD_WORKERS) as pool:
-            futures = [pool.submit(fetch, f) for f in sorted(manifest.files,
-                                                              key=lambda f: -f.size)]
-            try:
-                for future in futures:
-                    future.result()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        with bar:
+            run_parallel(fetch, sorted(manifest.files, key=lambda f: -f.size), DOWNLOAD_WORKERS)
 
     def prune(self) -> list[int]:
         """Keep the newest `keep` installed versions; the newest is never removed."""

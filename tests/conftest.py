@@ -6,6 +6,7 @@ S3: every `s3://` URI in the tests is served by `weed mini` on loopback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -43,6 +44,23 @@ def quiet_tensorflow_and_private_caches(tmp_path_factory):
             os.environ[k] = v
 
 
+@contextlib.contextmanager
+def aws_env_of(store: SeaweedFS):
+    """Point this process's AWS environment (and our S3 client) at `store`, then restore."""
+    saved = {k: os.environ.get(k) for k in store.env()}
+    os.environ.update(store.env())
+    _clear_s3_client()
+    try:
+        yield store
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        _clear_s3_client()
+
+
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory):
     """A real S3 server for the whole session, with the AWS env pointing at it."""
@@ -52,17 +70,9 @@ def seaweed(tmp_path_factory):
     store.start()
     for bucket in (DATA_BUCKET, MODELS_BUCKET, CACHE_BUCKET):
         store.create_bucket(bucket)
-    saved = {k: os.environ.get(k) for k in store.env()}
-    os.environ.update(store.env())
-    _clear_s3_client()
-    yield store
+    with aws_env_of(store):
+        yield store
     store.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    _clear_s3_client()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -13,14 +13,13 @@ import logging
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
 
 from trainer.errors import InputError, UserError
 from trainer.manifest import MANIFEST_FILE, ManifestFile
-from trainer.storage import TRANSFER_WORKERS, ByteProgress, LocalLocation, Location, open_location
+from trainer.storage import ByteProgress, LocalLocation, Location, open_location, run_parallel
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +78,10 @@ def _publish_remote(version_dir: Path, files: list[ManifestFile], models: Locati
     bar = tqdm(total=total, desc=f"uploading version {version}", unit="B", unit_scale=True,
                unit_divisor=1024, disable=quiet)
     try:
-        with bar, ThreadPoolExecutor(TRANSFER_WORKERS) as pool:
+        with bar:
             progress = ByteProgress(bar)
-            futures = [pool.submit(target.upload_file, f.path, version_dir / f.path, progress)
-                       for f in sorted(files, key=lambda f: -f.size)]  # largest first
-            try:
-                for future in futures:
-                    future.result()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+            run_parallel(lambda f: target.upload_file(f.path, version_dir / f.path, progress),
+                         sorted(files, key=lambda f: -f.size))  # largest first
         race = target.exists(MANIFEST_FILE)
         if not race:
             target.write_bytes(MANIFEST_FILE, (version_dir / MANIFEST_FILE).read_bytes())

@@ -341,6 +341,20 @@ class S3Location(Location):
                                            Delete={"Objects": keys[i:i + 1000], "Quiet": True})
 
 
+def run_parallel(fn: Callable, items: Iterable, workers: int = TRANSFER_WORKERS) -> None:
+    """fn(item) for every item on a thread pool. The first failure cancels what has not
+    started yet and is raised (after the running ones finish)."""
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
 class ByteProgress:
     """A thread-safe byte counter feeding a tqdm bar (boto3 calls back from worker threads)."""
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from serving.puller import Puller
-from tests.conftest import MODELS_BUCKET, REPO, run_cli, unique
+from tests.conftest import MODELS_BUCKET, REPO, aws_env_of, run_cli, unique
 from tools.seaweed import SeaweedFS
 from trainer.manifest import MANIFEST_FILE, build_manifest, list_version_files
 from trainer.publish import publish
-from trainer.storage import open_location
+from trainer.storage import open_location, s3_client
 
 pytestmark = pytest.mark.s3
 
@@ -160,42 +160,32 @@ def test_watch_survives_a_store_outage_and_picks_up_new_versions(tmp_path):
     store.start()
     store.create_bucket("models")
     env = {**os.environ, **store.env(), "AWS_MAX_ATTEMPTS": "2"}
-    from trainer.storage import s3_client
-
-    saved = {k: os.environ.get(k) for k in store.env()}
-    os.environ.update(store.env())
-    s3_client.cache_clear()
     dest = tmp_path / "serve" / "m"
     log = (tmp_path / "puller.log").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "serving", "pull", "--source",
-                             "s3://models/m", "--dest", str(dest), "--watch", "--interval",
-                             "0.5", "-q"], stdout=log, stderr=subprocess.STDOUT, env=env,
-                            cwd=REPO)
-    try:
-        publish_fake(tmp_path, "s3://models", "m", 1)
-        wait_for(lambda: (dest / "1").is_dir())
-        store.stop()
-        wait_for(lambda: "sync failed" in read(log))
-        time.sleep(2)  # several failed polls
-        assert (dest / "1").is_dir() and proc.poll() is None  # nothing lost, still running
-        store.start()
-        s3_client.cache_clear()
-        publish_fake(tmp_path, "s3://models", "m", 2)
-        wait_for(lambda: (dest / "2").is_dir(), timeout=120)
-        assert "object store reachable again" in read(log)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-        assert sorted(p.name for p in dest.iterdir()) == ["1", "2"]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        store.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        s3_client.cache_clear()
+    with aws_env_of(store):
+        proc = subprocess.Popen([sys.executable, "-m", "serving", "pull", "--source",
+                                 "s3://models/m", "--dest", str(dest), "--watch",
+                                 "--interval", "0.5", "-q"], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        try:
+            publish_fake(tmp_path, "s3://models", "m", 1)
+            wait_for(lambda: (dest / "1").is_dir())
+            store.stop()
+            wait_for(lambda: "sync failed" in read(log))
+            time.sleep(2)  # several failed polls
+            assert (dest / "1").is_dir() and proc.poll() is None  # nothing lost, still running
+            store.start()
+            s3_client.cache_clear()  # drop pooled connections to the stopped server
+            publish_fake(tmp_path, "s3://models", "m", 2)
+            wait_for(lambda: (dest / "2").is_dir(), timeout=120)
+            assert "object store reachable again" in read(log)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+            assert sorted(p.name for p in dest.iterdir()) == ["1", "2"]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            store.stop()
 
 
 def read(log) -> str:

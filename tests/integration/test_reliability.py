@@ -19,22 +19,15 @@ import pytest
 
 from serving.client import ClientError, GrpcClient, RestClient
 from serving.puller import Puller
-from tests.conftest import MODELS_BUCKET, REPO, run_cli, unique
-from tests.integration.test_puller import publish_fake
+from tests.conftest import MODELS_BUCKET, REPO, aws_env_of, run_cli, unique
+from tests.integration.test_puller import publish_fake, read, wait_for
 from tools.model_server import LocalServer
 from tools.seaweed import SeaweedFS
 from trainer.manifest import MANIFEST_FILE, build_manifest, list_version_files
 from trainer.publish import publish
-from trainer.storage import S3Location, open_location
+from trainer.storage import S3Location, open_location, s3_client
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(condition, timeout: float = 180, every: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(every)
 
 
 def stage_version(source: Path, target: Path) -> Path:
@@ -43,11 +36,6 @@ def stage_version(source: Path, target: Path) -> Path:
     shutil.copytree(source, target, copy_function=os.link,
                     ignore=shutil.ignore_patterns(MANIFEST_FILE))
     return target
-
-
-def read(log) -> str:
-    log.seek(0)
-    return log.read()
 
 
 def publish_tiny(tiny_model, tmp: Path, models_uri: str, version: int) -> None:
@@ -69,44 +57,34 @@ def test_store_outage_while_pull_watch_runs_keeps_the_server_serving(tiny_model,
     server = LocalServer(["--model-name", "tiny", "--model-base-path", str(dest),
                           "--file-system-poll-wait-seconds", "0.5"], tmp_path / "server.log")
     log = (tmp_path / "puller.log").open("w+")
-    puller = subprocess.Popen([sys.executable, "-m", "serving", "pull", "--source",
-                               "s3://models/tiny", "--dest", str(dest), "--watch",
-                               "--interval", "0.5", "-q"], stdout=log,
-                              stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    from trainer.storage import s3_client
-
-    saved = {k: os.environ.get(k) for k in store.env()}
-    os.environ.update(store.env())
-    s3_client.cache_clear()
     image = tiny_model.files[0][1]
-    try:
-        publish_tiny(tiny_model, tmp_path, "s3://models", 1)
-        wait_for(lambda: (dest / "1").is_dir())
-        server.start(wait_for_model="tiny")
-        store.stop()
-        wait_for(lambda: "sync failed" in read(log))
-        with GrpcClient(server.grpc_target) as client:
-            for _ in range(5):  # the store is down: serving goes on, nothing is removed
+    with aws_env_of(store):
+        puller = subprocess.Popen([sys.executable, "-m", "serving", "pull", "--source",
+                                   "s3://models/tiny", "--dest", str(dest), "--watch",
+                                   "--interval", "0.5", "-q"], stdout=log,
+                                  stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        try:
+            publish_tiny(tiny_model, tmp_path, "s3://models", 1)
+            wait_for(lambda: (dest / "1").is_dir())
+            server.start(wait_for_model="tiny")
+            store.stop()
+            wait_for(lambda: "sync failed" in read(log))
+            with GrpcClient(server.grpc_target) as client:
+                for _ in range(5):  # the store is down: serving goes on, nothing is removed
+                    assert client.classify([image], "tiny")[0].label in tiny_model.classes
+            assert (dest / "1").is_dir() and puller.poll() is None
+            store.start()
+            s3_client.cache_clear()  # drop pooled connections to the stopped server
+            publish_tiny(tiny_model, tmp_path, "s3://models", 2)
+            with GrpcClient(server.grpc_target) as client:
+                wait_for(lambda: [(v.version, v.state) for v in client.status("tiny")][0] ==
+                         (2, "AVAILABLE"))
                 assert client.classify([image], "tiny")[0].label in tiny_model.classes
-        assert (dest / "1").is_dir() and puller.poll() is None
-        store.start()
-        s3_client.cache_clear()
-        publish_tiny(tiny_model, tmp_path, "s3://models", 2)
-        with GrpcClient(server.grpc_target) as client:
-            wait_for(lambda: [(v.version, v.state) for v in client.status("tiny")][0] ==
-                     (2, "AVAILABLE"))
-            assert client.classify([image], "tiny")[0].label in tiny_model.classes
-    finally:
-        assert server.stop() == 0
-        puller.send_signal(signal.SIGTERM)
-        assert puller.wait(60) == 0
-        store.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        s3_client.cache_clear()
+        finally:
+            assert server.stop() == 0
+            puller.send_signal(signal.SIGTERM)
+            assert puller.wait(60) == 0
+            store.stop()
 
 
 @pytest.mark.s3
