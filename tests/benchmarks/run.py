@@ -1,10 +1,11 @@
 """`make bench`: performance figures, each a ratio measured side by side in one run.
 
-    python -m tests.benchmarks.run [--quick]
+    python -m tests.benchmarks.run [--quick] [--onednn]
 
 Prints a table (figure, value, target, met) and writes .bench/results.json. Not part of
 `make test`: timings belong here, never in assertions. --quick shrinks the workloads to
 check the harness itself in a couple of minutes (its figures are not the targets' figures).
+--onednn runs only the comparison behind the trainer's TF_ENABLE_ONEDNN_OPTS=1 default.
 """
 
 from __future__ import annotations
@@ -94,14 +95,18 @@ def bench_training(data: Path, epochs: int, repeats: int) -> tuple[list[Figure],
 
 
 BARE_PREDICT = r"""
-import sys, time, numpy as np, tensorflow as tf
+import sys, time, numpy as np
+import trainer.cli  # the trainer's TensorFlow settings, before TensorFlow loads
+import tensorflow as tf
 from pathlib import Path
 from trainer.model import build_base
 from trainer.preprocessing import preprocess_image_bytes
 files = sorted(p for p in Path(sys.argv[1]).rglob("*") if p.is_file())
 x = np.stack([preprocess_image_bytes(tf.constant(p.read_bytes())).numpy() for p in files])
 model = build_base("none", 0).features
-model.predict(x[:2], batch_size=32, verbose=0)  # trace and warm up
+# Trace and warm up on both batch shapes the timed pass sees (full batches and the rest),
+# so the timed pass runs the network only, as the trainer's traced-once extraction does.
+model.predict(x[:32 + len(x) % 32], batch_size=32, verbose=0)
 times = []
 for _ in range(int(sys.argv[2])):
     t = time.perf_counter(); model.predict(x, batch_size=32, verbose=0)
@@ -110,16 +115,30 @@ print(sorted(times)[len(times) // 2])
 """
 
 
-def bench_extraction(data: Path, trainer_seconds: float, repeats: int) -> Figure:
+def bare_predict(data: Path, repeats: int, env: dict | None = None) -> float:
+    """Median seconds of a bare fc2 `model.predict` over the images decoded in memory."""
     out = subprocess.run([sys.executable, "-c", BARE_PREDICT, str(data), str(repeats)],
-                         env=ENV, cwd=REPO, check=True, capture_output=True, text=True)
-    bare = float(out.stdout.strip().splitlines()[-1])
+                         env=env or ENV, cwd=REPO, check=True, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench_extraction(data: Path, trainer_seconds: float, repeats: int) -> Figure:
+    bare = bare_predict(data, repeats)
     log(f"bare model.predict over decoded images: {bare:.1f} s; trainer extraction from "
         f"encoded files: {trainer_seconds:.1f} s")
     ratio = bare / trainer_seconds
     return Figure("feature extraction: bare predict / trainer extraction", ratio, ">= 0.85",
                   ratio >= 0.85, f"bare {bare:.1f} s vs trainer {trainer_seconds:.1f} s "
                   "(trainer: median of the cold runs; same images, same weights)")
+
+
+def bench_onednn(data: Path) -> Figure:
+    """The trainer's TF_ENABLE_ONEDNN_OPTS=1 default against TensorFlow's own default."""
+    off = bare_predict(data, 1, {**ENV, "TF_ENABLE_ONEDNN_OPTS": "0"})
+    on = bare_predict(data, 1, {**ENV, "TF_ENABLE_ONEDNN_OPTS": "1"})
+    log(f"bare model.predict, oneDNN off {off:.1f} s, on {on:.1f} s")
+    return Figure("VGG16 batches of 32: oneDNN off / on (speed-up)", off / on, "(reported)",
+                  True, f"off {off:.1f} s vs on {on:.1f} s; bare predict, same images")
 
 
 # ---------------------------------------------------------------------------------------
@@ -129,10 +148,9 @@ def images(data: Path) -> list[bytes]:
     return [p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file()]
 
 
-def latency_in_process(version_dir: Path, image: bytes, n: int) -> list[float]:
+def latency_in_process(fn, image: bytes, n: int) -> list[float]:
     import tensorflow as tf
 
-    fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
     for _ in range(5):
         fn(image_bytes=tf.constant([image]))
     times = []
@@ -217,7 +235,9 @@ def bench_serving(version_dir: Path, data: Path, n: int, seconds: float) -> list
     pool = images(data)
     one = pool[0]
 
-    in_process = latency_in_process(version_dir, one, n)
+    # Loaded once: its latency now, its batched throughput once the servers are stopped.
+    fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    in_process = latency_in_process(fn, one, n)
     log(f"in-process p50 {statistics.median(in_process) * 1e3:.0f} ms")
     server, startup = start_server(base, "server")
     figures = []
@@ -268,7 +288,6 @@ def bench_serving(version_dir: Path, data: Path, n: int, seconds: float) -> list
     finally:
         batched_server.stop()
 
-    fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
     batch = tf.constant((pool * 32)[:32])
     fn(image_bytes=batch)
     started, count = time.perf_counter(), 0
@@ -298,6 +317,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny workloads (harness check)")
+    parser.add_argument("--onednn", action="store_true",
+                        help="only compare TensorFlow's oneDNN kernels off and on (~3 min)")
     args = parser.parse_args()
     per_class, epochs, repeats, n, seconds = (50, 10, 2, 200, 15.0) if not args.quick else \
         (4, 2, 1, 10, 3.0)
@@ -310,11 +331,14 @@ def main() -> int:
                    stdout=subprocess.DEVNULL)
     log(f"{2 * per_class} sample images; {os.cpu_count()} CPUs; {platform.processor() or ''}")
 
-    figures, trainer_extraction = bench_training(data, epochs, repeats)
-    # One bare pass of 100 images (~40 s, itself an average over 4 batches) keeps the whole
-    # benchmark near 15 minutes on 2 cores.
-    figures.insert(1, bench_extraction(data, trainer_extraction, 1))
-    figures += bench_serving(WORK / "models" / "bench" / "100", data, n, seconds)
+    if args.onednn:
+        figures = [bench_onednn(data)]
+    else:
+        figures, trainer_extraction = bench_training(data, epochs, repeats)
+        # One bare pass of 100 images (~40 s, itself an average over 4 batches) keeps the
+        # whole benchmark under 15 minutes on 2 cores.
+        figures.insert(1, bench_extraction(data, trainer_extraction, 1))
+        figures += bench_serving(WORK / "models" / "bench" / "100", data, n, seconds)
 
     machine = f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}"
     results = {"machine": machine, "quick": args.quick,
