@@ -5,7 +5,8 @@
 Prints a table (figure, value, target, met) and writes .bench/results.json. Not part of
 `make test`: timings belong here, never in assertions. --quick shrinks the workloads to
 check the harness itself in a couple of minutes (its figures are not the targets' figures).
---onednn runs only the comparison behind the trainer's TF_ENABLE_ONEDNN_OPTS=1 default.
+--onednn runs only the comparison behind the trainer's TF_ENABLE_ONEDNN_OPTS=1 default
+(about 4 minutes).
 """
 
 from __future__ import annotations
@@ -104,9 +105,10 @@ from trainer.preprocessing import preprocess_image_bytes
 files = sorted(p for p in Path(sys.argv[1]).rglob("*") if p.is_file())
 x = np.stack([preprocess_image_bytes(tf.constant(p.read_bytes())).numpy() for p in files])
 model = build_base("none", 0).features
-# Trace and warm up on both batch shapes the timed pass sees (full batches and the rest),
+# Two batch sizes make Keras trace predict once more for any batch size (reduce_retracing),
 # so the timed pass runs the network only, as the trainer's traced-once extraction does.
-model.predict(x[:32 + len(x) % 32], batch_size=32, verbose=0)
+for k in (1, 2):
+    model.predict(x[:k], batch_size=32, verbose=0)
 times = []
 for _ in range(int(sys.argv[2])):
     t = time.perf_counter(); model.predict(x, batch_size=32, verbose=0)
@@ -115,15 +117,10 @@ print(sorted(times)[len(times) // 2])
 """
 
 
-def bare_predict(data: Path, repeats: int, env: dict | None = None) -> float:
-    """Median seconds of a bare fc2 `model.predict` over the images decoded in memory."""
-    out = subprocess.run([sys.executable, "-c", BARE_PREDICT, str(data), str(repeats)],
-                         env=env or ENV, cwd=REPO, check=True, capture_output=True, text=True)
-    return float(out.stdout.strip().splitlines()[-1])
-
-
 def bench_extraction(data: Path, trainer_seconds: float, repeats: int) -> Figure:
-    bare = bare_predict(data, repeats)
+    out = subprocess.run([sys.executable, "-c", BARE_PREDICT, str(data), str(repeats)],
+                         env=ENV, cwd=REPO, check=True, capture_output=True, text=True)
+    bare = float(out.stdout.strip().splitlines()[-1])
     log(f"bare model.predict over decoded images: {bare:.1f} s; trainer extraction from "
         f"encoded files: {trainer_seconds:.1f} s")
     ratio = bare / trainer_seconds
@@ -133,12 +130,24 @@ def bench_extraction(data: Path, trainer_seconds: float, repeats: int) -> Figure
 
 
 def bench_onednn(data: Path) -> Figure:
-    """The trainer's TF_ENABLE_ONEDNN_OPTS=1 default against TensorFlow's own default."""
-    off = bare_predict(data, 1, {**ENV, "TF_ENABLE_ONEDNN_OPTS": "0"})
-    on = bare_predict(data, 1, {**ENV, "TF_ENABLE_ONEDNN_OPTS": "1"})
-    log(f"bare model.predict, oneDNN off {off:.1f} s, on {on:.1f} s")
-    return Figure("VGG16 batches of 32: oneDNN off / on (speed-up)", off / on, "(reported)",
-                  True, f"off {off:.1f} s vs on {on:.1f} s; bare predict, same images")
+    """TensorFlow's oneDNN CPU kernels off vs on for the trainer's feature extraction,
+    alternating runs with a cold cache each time."""
+    seconds = {"0": [], "1": []}
+    for i, setting in enumerate(["0", "1", "0", "1"]):
+        report = WORK / f"report-onednn-{i}"
+        subprocess.run([sys.executable, "-m", "trainer", "train", "--data", str(data),
+                        "--model-name", "onednn", "--weights", "none", "--epochs", "1",
+                        "--quiet", "--output", str(WORK / "models-onednn"),
+                        "--cache", str(WORK / f"cache-onednn-{i}"), "--report-dir", str(report)],
+                       env={**ENV, "TF_ENABLE_ONEDNN_OPTS": setting}, cwd=REPO, check=True,
+                       stdout=subprocess.DEVNULL)
+        metrics = json.loads((report / "metrics.json").read_text())
+        seconds[setting].append(metrics["timings_s"]["features"])
+        log(f"trainer extraction, oneDNN {'on' if setting == '1' else 'off'}: "
+            f"{seconds[setting][-1]:.1f} s")
+    off, on = statistics.median(seconds["0"]), statistics.median(seconds["1"])
+    return Figure("trainer extraction: oneDNN off / on (speed-up)", off / on, "(reported)",
+                  True, f"off {off:.1f} s vs on {on:.1f} s (medians of 2, alternating)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -318,9 +327,9 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny workloads (harness check)")
     parser.add_argument("--onednn", action="store_true",
-                        help="only compare TensorFlow's oneDNN kernels off and on (~3 min)")
+                        help="only compare TensorFlow's oneDNN kernels off and on (~4 min)")
     args = parser.parse_args()
-    per_class, epochs, repeats, n, seconds = (50, 10, 2, 200, 15.0) if not args.quick else \
+    per_class, epochs, repeats, n, seconds = (50, 10, 2, 200, 12.0) if not args.quick else \
         (4, 2, 1, 10, 3.0)
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir()
