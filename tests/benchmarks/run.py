@@ -129,9 +129,23 @@ def bench_extraction(data: Path, trainer_seconds: float, repeats: int) -> Figure
                   "(trainer: median of the cold runs; same images, same weights)")
 
 
-def bench_onednn(data: Path) -> Figure:
-    """TensorFlow's oneDNN CPU kernels off vs on for the trainer's feature extraction,
-    alternating runs with a cold cache each time."""
+SIGNATURE_P50 = r"""
+import sys, time, statistics, tensorflow as tf
+fn = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+image = tf.constant([open(sys.argv[2], "rb").read()])
+for _ in range(5):
+    fn(image_bytes=image)
+times = []
+for _ in range(int(sys.argv[3])):
+    t = time.perf_counter(); fn(image_bytes=image)["scores"].numpy()
+    times.append(time.perf_counter() - t)
+print(statistics.median(times))
+"""
+
+
+def bench_onednn(data: Path) -> list[Figure]:
+    """TensorFlow's oneDNN CPU kernels off vs on: the trainer's feature extraction
+    (alternating runs, a cold cache each time), and the served signature on one image."""
     seconds = {"0": [], "1": []}
     for i, setting in enumerate(["0", "1", "0", "1"]):
         report = WORK / f"report-onednn-{i}"
@@ -146,8 +160,24 @@ def bench_onednn(data: Path) -> Figure:
         log(f"trainer extraction, oneDNN {'on' if setting == '1' else 'off'}: "
             f"{seconds[setting][-1]:.1f} s")
     off, on = statistics.median(seconds["0"]), statistics.median(seconds["1"])
-    return Figure("trainer extraction: oneDNN off / on (speed-up)", off / on, "(reported)",
-                  True, f"off {off:.1f} s vs on {on:.1f} s (medians of 2, alternating)")
+
+    version = min((WORK / "models-onednn" / "onednn").iterdir())
+    image = sorted(p for p in data.rglob("*") if p.is_file())[0]
+    p50 = {}
+    for setting in ("0", "1"):
+        out = subprocess.run([sys.executable, "-c", SIGNATURE_P50, str(version), str(image),
+                              "50"], env={**ENV, "TF_ENABLE_ONEDNN_OPTS": setting}, cwd=REPO,
+                             check=True, capture_output=True, text=True)
+        p50[setting] = float(out.stdout.strip().splitlines()[-1])
+    log(f"served signature, one image, p50: oneDNN off {p50['0'] * 1e3:.0f} ms, "
+        f"on {p50['1'] * 1e3:.0f} ms")
+    return [
+        Figure("trainer extraction: oneDNN off / on (speed-up)", off / on, "(reported)", True,
+               f"off {off:.1f} s vs on {on:.1f} s (medians of 2, alternating)"),
+        Figure("served signature, batch 1: oneDNN off / on (speed-up)", p50["0"] / p50["1"],
+               "(reported)", True, f"p50 off {p50['0'] * 1e3:.0f} ms vs on "
+               f"{p50['1'] * 1e3:.0f} ms; 50 sequential calls each"),
+    ]
 
 
 # ---------------------------------------------------------------------------------------
@@ -341,7 +371,7 @@ def main() -> int:
     log(f"{2 * per_class} sample images; {os.cpu_count()} CPUs; {platform.processor() or ''}")
 
     if args.onednn:
-        figures = [bench_onednn(data)]
+        figures = bench_onednn(data)
     else:
         figures, trainer_extraction = bench_training(data, epochs, repeats)
         # One bare pass of 100 images (~40 s, itself an average over 4 batches) keeps the
