@@ -129,17 +129,13 @@ def bench_extraction(data: Path, trainer_seconds: float, repeats: int) -> Figure
                   "(trainer: median of the cold runs; same images, same weights)")
 
 
+# The same timing loop as the latency figure, in a process of its own: TensorFlow reads
+# TF_ENABLE_ONEDNN_OPTS only when it loads.
 SIGNATURE_P50 = r"""
-import sys, time, statistics, tensorflow as tf
+import sys, statistics, tensorflow as tf
+from tests.benchmarks.run import latency_in_process
 fn = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
-image = tf.constant([open(sys.argv[2], "rb").read()])
-for _ in range(5):
-    fn(image_bytes=image)
-times = []
-for _ in range(int(sys.argv[3])):
-    t = time.perf_counter(); fn(image_bytes=image)["scores"].numpy()
-    times.append(time.perf_counter() - t)
-print(statistics.median(times))
+print(statistics.median(latency_in_process(fn, open(sys.argv[2], "rb").read(), int(sys.argv[3]))))
 """
 
 
