@@ -1,7 +1,9 @@
 """`python -m trainer`: train and publish a model, or write a sample dataset.
 
-Exit codes (DESIGN section 6): 0 success; 1 finished but not published (accuracy gate);
-2 bad usage or bad input; 3 storage or network failure after retries.
+Exit codes (DESIGN section 6, trainer.errors): 0 success; 1 an unexpected error (keeps its
+traceback); 2 bad usage or bad input; 3 storage, network or environment failure after retries
+(no GPU where one was required); 4 finished, but the model is not good enough (accuracy
+gate): nothing published.
 """
 
 from __future__ import annotations
@@ -77,14 +79,18 @@ def cli() -> None:
 @click.option("--no-cache", "no_cache", is_flag=True,
               help="Train the original notebook's way: every image through VGG16 every epoch.")
 @click.option("--min-val-accuracy", type=float, default=0.0, envvar="MIN_VAL_ACCURACY",
-              help="Publish only if validation accuracy reaches this (else exit 1).")
+              help="Publish only if validation accuracy reaches this (else exit 4, "
+                   "nothing published).")
 @click.option("--version", type=int, default=None, envvar="MODEL_VERSION",
               help="Version number to publish. [default: UTC unix time at publish]")
 @click.option("--report-dir", type=click.Path(file_okay=False), default=None,
               envvar="REPORT_DIR", help="Also write the report (metrics, plots) to this folder.")
+@click.option("--require-gpu", is_flag=True, envvar="REQUIRE_GPU",
+              help="Fail at once (exit 3) if TensorFlow sees no GPU, instead of training on "
+                   "the CPU.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
 def train(data, output, model_name, epochs, batch_size, learning_rate, val_split, seed, weights,
-          cache, no_cache, min_val_accuracy, version, report_dir, quiet) -> None:
+          cache, no_cache, min_val_accuracy, version, report_dir, require_gpu, quiet) -> None:
     """Train the softmax head on a frozen VGG16 and publish a SavedModel version."""
     if cache and no_cache:
         raise click.UsageError("--cache and --no-cache exclude each other")
@@ -103,7 +109,7 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
                              val_split=val_split, seed=seed, weights=weights,
                              cache=None if no_cache else cache,
                              min_val_accuracy=min_val_accuracy, version=version,
-                             report_dir=report_dir, quiet=quiet)
+                             report_dir=report_dir, require_gpu=require_gpu, quiet=quiet)
         result = run(config)
     except UserError as e:
         _fail(e)

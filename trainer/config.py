@@ -36,6 +36,7 @@ class TrainConfig:
     min_val_accuracy: float = 0.0
     version: int | None = None  # None: UTC unix seconds at publish
     report_dir: str | None = None
+    require_gpu: bool = False  # fail (exit 3) rather than train on the CPU
     quiet: bool = False
 
     def __post_init__(self) -> None:

@@ -1,12 +1,14 @@
 """Errors a user can cause, each with the exit code DESIGN section 6 gives it.
 
-The CLI turns these into one line on stderr and the code; anything else keeps its traceback.
+The CLI turns these into one line on stderr and the code; anything else keeps its traceback
+and exits 1, so `podFailurePolicy` can fail a Job at once on 2 and 4 and retry 1 and 3.
 """
 
 EXIT_OK = 0
-EXIT_NOT_PUBLISHED = 1  # the run finished but the accuracy gate was not met
+EXIT_UNEXPECTED = 1  # a bug or a crash: Python's own exit code for an uncaught exception
 EXIT_BAD_INPUT = 2  # bad usage or bad input; the message says what and where
-EXIT_STORAGE = 3  # storage or network failure after retries
+EXIT_STORAGE = 3  # storage, network or environment failure after retries (e.g. no GPU)
+EXIT_NOT_GOOD_ENOUGH = 4  # the run finished but its model is not good enough: nothing published
 
 
 class UserError(Exception):
@@ -27,7 +29,13 @@ class StorageError(UserError):
     exit_code = EXIT_STORAGE
 
 
+class EnvironmentFailure(UserError):
+    """The machine lacks what the run requires (a GPU TensorFlow can see, say)."""
+
+    exit_code = EXIT_STORAGE
+
+
 class GateNotMet(UserError):
     """Training finished but validation accuracy is below --min-val-accuracy."""
 
-    exit_code = EXIT_NOT_PUBLISHED
+    exit_code = EXIT_NOT_GOOD_ENOUGH

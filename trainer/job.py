@@ -28,6 +28,7 @@ from trainer.report import (
     write_plots,
     write_report,
 )
+from trainer.runtime import configure
 from trainer.storage import LocalLocation, open_location
 from trainer.train import FitResult, fit_end_to_end, fit_on_features
 
@@ -63,6 +64,8 @@ def run(config: TrainConfig) -> JobResult:
         return now
 
     t = started
+    # Before any image is read: a GPU run on a node where TensorFlow sees none stops here.
+    runtime = configure(config.require_gpu)
     images = load_images(config.data, quiet=config.quiet)
     t = lap("read_images", t)
     base = build_base(config.weights, config.seed)
@@ -114,6 +117,7 @@ def run(config: TrainConfig) -> JobResult:
         "skipped": [{"path": s.path, "reason": s.reason} for s in images.skipped],
         "features": {"cache": config.cache, "from_cache": from_cache, "computed": computed},
         "timings_s": timings,
+        "runtime": {"devices": runtime.devices, "threads": runtime.threads},
     }
     result = JobResult(None, None, metrics, fit, base, images, val)
 

@@ -8,6 +8,7 @@ second-to-last layer (fc2, 4096 features).
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import tempfile
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ import tensorflow as tf
 from trainer.errors import InputError, StorageError
 from trainer.preprocessing import IMAGE_SIZE
 
+log = logging.getLogger(__name__)
+
 FEATURE_LAYER = "fc2"
 FEATURE_DIM = 4096
 HEAD_NAME = "classifier"
@@ -27,6 +30,9 @@ WEIGHT_FILE_SUFFIXES = (".h5", ".weights.h5", ".hdf5")
 # fc1's kernel is 411 MB: converting it to numpy in one piece took 2.8 s on a 2-core machine
 # against 0.4 s in 16 MB row slices (the same bytes in the same order: the same digest).
 FINGERPRINT_CHUNK_BYTES = 16 << 20
+# Where keras.applications.VGG16(weights="imagenet") keeps its download, under Keras' home
+# (KERAS_HOME, else ~/.keras): the trainer image bakes the file in there at build time.
+IMAGENET_FILE = "models/vgg16_weights_tf_dim_ordering_tf_kernels.h5"
 
 
 @dataclass
@@ -73,10 +79,31 @@ def _fetch_weights_file(weights: str, workdir: Path) -> str:
     return str(path)
 
 
+def imagenet_weights_file() -> Path | None:
+    """The ImageNet weights file already in Keras' cache, if it is there.
+
+    Keras' own `get_file` wants its cache folder writable: on a read-only root filesystem it
+    silently switches to /tmp/.keras and downloads all 528 MB again (keras/src/utils/
+    file_utils.py, `os.access(datadir_base, os.W_OK)`). Loading a present file directly
+    keeps the baked copy in use and the run off the network.
+    """
+    from keras.src.backend.config import keras_home
+
+    path = Path(keras_home()).expanduser() / IMAGENET_FILE
+    return path if path.is_file() else None
+
+
 def build_base(weights: str, seed: int) -> BaseModel:
     """VGG16 (include_top=True) with the requested weights, cut at fc2 and frozen."""
     keras.utils.set_random_seed(seed)  # --weights none: the random init is a function of seed
-    if weights == "imagenet":
+    if weights == "imagenet" and (baked := imagenet_weights_file()) is not None:
+        log.info("ImageNet weights from %s (no download)", baked)
+        try:
+            vgg = keras.applications.VGG16(include_top=True, weights=str(baked))
+        except Exception as e:  # h5py/Keras raise OSError, ValueError, KeyError...
+            raise InputError(f"ImageNet weights file {baked} cannot be loaded "
+                             f"({type(e).__name__}: {e}); delete it to download again") from e
+    elif weights == "imagenet":
         try:
             vgg = keras.applications.VGG16(include_top=True, weights="imagenet")
         except Exception as e:  # Keras raises plain Exception("URL fetch failure ...")

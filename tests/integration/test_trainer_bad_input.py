@@ -175,7 +175,7 @@ def test_cache_and_no_cache_exclude_each_other(tmp_path, small_data):
     assert "--cache and --no-cache exclude each other" in result.stderr
 
 
-def test_accuracy_gate_publishes_nothing_and_exits_1(tmp_path):
+def test_accuracy_gate_publishes_nothing_and_exits_4(tmp_path):
     # Both classes hold the very same images: no model can beat 50% on them.
     data = tmp_path / "data"
     write_sample_data(str(data), num_classes=2, per_class=4, seed=1, quiet=True)
@@ -183,7 +183,7 @@ def test_accuracy_gate_publishes_nothing_and_exits_1(tmp_path):
     shutil.copytree(data / "circle", data / "square")
     result = train(*common(tmp_path, data), "--min-val-accuracy", "0.9", "--epochs", "1",
                    "--report-dir", str(tmp_path / "report"))
-    assert result.exit_code == 1
+    assert result.exit_code == 4  # not 1: that is left to crashes, which a Job retries
     assert "validation accuracy 0.5000 is below --min-val-accuracy 0.9; nothing published" \
         in error_line(result)
     assert not (tmp_path / "models").exists()
@@ -194,3 +194,14 @@ def test_sample_data_rejects_bad_class_count(tmp_path):
     result = CliRunner().invoke(cli, ["sample-data", "--output", str(tmp_path), "--classes", "9"])
     assert result.exit_code == 2
     assert "--classes must be between 2 and 8, got 9" in error_line(result)
+
+
+def test_require_gpu_fails_fast_with_exit_3_before_reading_images(tmp_path, small_data):
+    """A GPU run on a node where TensorFlow sees no GPU (driver or CUDA mismatch) must not
+    quietly train on the CPU. This machine has no GPU."""
+    result = train(*common(tmp_path, small_data), "--require-gpu")
+    assert result.exit_code == 3
+    line = error_line(result)
+    assert "--require-gpu: TensorFlow sees no GPU (devices: CPU:0)" in line
+    assert "reading images" not in result.stderr and not (tmp_path / "cache").exists()
+    assert not (tmp_path / "models").exists()
