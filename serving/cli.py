@@ -82,27 +82,42 @@ def main() -> None:
 @click.option("--watch", is_flag=True, envvar="PULL_WATCH",
               help="Keep polling for new versions (sidecar) instead of one sync.")
 @click.option("--interval", type=float, default=30.0, envvar="PULL_INTERVAL",
-              help="Seconds between polls with --watch.")
+              help="Seconds between polls with --watch or --wait-timeout.")
 @click.option("--keep", type=int, default=2, envvar="PULL_KEEP",
               help="How many of the newest verified versions to keep locally.")
+@click.option("--wait-timeout", type=float, default=0.0, envvar="PULL_WAIT_TIMEOUT",
+              help="Without --watch: when no verified version exists yet, keep polling every "
+                   "--interval seconds for up to this many seconds (a log line a minute) "
+                   "instead of failing at once. 0: do not wait.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def pull(source, dest, watch, interval, keep, quiet) -> None:
-    """Bring verified model versions from object storage to a local folder."""
-    from serving.logs import setup_logging
-    from serving.puller import Puller, run_once_status, wait_for_interrupt
-    from trainer.errors import UserError
+def pull(source, dest, watch, interval, keep, wait_timeout, quiet) -> None:
+    """Bring verified model versions from object storage to a local folder.
 
+    Exit codes without --watch: 0 a verified version is present locally; 2 bad usage;
+    3 the store cannot be reached, or holds no verified version (after --wait-timeout)."""
+    from serving.logs import setup_logging
+    from serving.puller import (
+        Puller,
+        run_once_status,
+        wait_for_first_version,
+        wait_for_interrupt,
+    )
+    from trainer.errors import EXIT_OK, UserError
+
+    if wait_timeout < 0 or interval <= 0:
+        raise click.UsageError("--wait-timeout must be >= 0 and --interval > 0")
     setup_logging()
     try:
         puller = Puller(source, dest, keep=keep, quiet=quiet)
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
-    if not watch:
-        code, message = run_once_status(puller)
-        click.echo(message if code == 0 else f"error: {message}", err=code != 0)
-        sys.exit(code)
     stop = wait_for_interrupt()
+    if not watch:
+        code, message = wait_for_first_version(puller, wait_timeout, interval, stop) \
+            if wait_timeout else run_once_status(puller)
+        click.echo(message if code == EXIT_OK else f"error: {message}", err=code != EXIT_OK)
+        sys.exit(code)
     puller.watch(interval, stop)
     click.echo("stopped")
 

@@ -19,12 +19,13 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from trainer.errors import StorageError, UserError
+from trainer.errors import EXIT_OK, EXIT_STORAGE, StorageError, UserError
 from trainer.manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest
 from trainer.storage import ByteProgress, LocalLocation, Location, open_location, run_parallel
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 STAGING_PREFIX = ".incoming-"
 DOWNLOAD_WORKERS = 8
 BACKOFF_MAX_S = 300  # outage backoff stops growing at five minutes
+WAIT_LOG_EVERY_S = 60  # --wait-timeout: one "still waiting" line a minute
 
 
 class Rejected(Exception):
@@ -250,11 +252,38 @@ def run_once_status(puller: Puller) -> tuple[int, str]:
     except UserError as e:
         local = puller.local_versions()
         if local:
-            return 0, (f"cannot sync ({e}); serving the local versions {local}")
+            return EXIT_OK, (f"cannot sync ({e}); serving the local versions {local}")
         return e.exit_code, str(e)
     if result.local:
-        return 0, f"versions present in {puller.dest}: {result.local}"
+        return EXIT_OK, f"versions present in {puller.dest}: {result.local}"
     reasons = "; ".join(f"{v}: {r}" for v, r in result.rejected.items())
-    return 1, (f"no verified version of {puller.model_name!r} under {puller.source.uri}"
-               + (f" (rejected {reasons})" if reasons else ""))
+    # Nothing to serve yet is an environment state (the first training run has not
+    # published), not bad input: exit 3, which a Kubernetes Job or init container retries.
+    return EXIT_STORAGE, (f"no verified version of {puller.model_name!r} under "
+                          f"{puller.source.uri}" + (f" (rejected {reasons})" if reasons else ""))
+
+
+def wait_for_first_version(puller: Puller, timeout: float, interval: float,
+                           stop: threading.Event) -> tuple[int, str]:
+    """Sync until a verified version is present locally, or `timeout` seconds pass.
+
+    A first deploy starts serving pods before the first training run has published: an init
+    container that exited non-zero would go into Init:CrashLoopBackOff (back-off of up to 5
+    minutes) instead of starting within one `interval` of the version appearing.
+    """
+    started = time.monotonic()
+    last_note = None
+    while True:
+        code, message = run_once_status(puller)
+        waited = time.monotonic() - started
+        if code == EXIT_OK or stop.is_set():
+            return code, message
+        if waited >= timeout:
+            return code, f"{message}; gave up after waiting {waited:.0f} s (--wait-timeout)"
+        if last_note is None or time.monotonic() - last_note >= WAIT_LOG_EVERY_S:
+            log.info("waiting for the first verified version of %s under %s (%.0f s of %.0f "
+                     "s so far): %s", puller.model_name, puller.source.uri, waited, timeout,
+                     message)
+            last_note = time.monotonic()
+        stop.wait(min(interval, max(0.0, timeout - waited)))
 

@@ -138,7 +138,7 @@ def test_local_sources_work_and_symlinks_are_refused(tmp_path):
 def test_init_container_exit_codes(tmp_path, seaweed, models_uri):
     dest = tmp_path / "serve" / "m"
     proc = run_cli("serving", "pull", "--source", f"{models_uri}/m", "--dest", str(dest))
-    assert proc.returncode == 1
+    assert proc.returncode == 3  # nothing to serve yet: retryable, not a crash (1)
     assert f"error: no verified version of 'm' under {models_uri}/m" in proc.stderr
     publish_fake(tmp_path, models_uri, "m", 1)
     proc = run_cli("serving", "pull", "--source", f"{models_uri}/m", "--dest", str(dest), "-q")
@@ -151,6 +151,38 @@ def test_init_container_exit_codes(tmp_path, seaweed, models_uri):
     proc = run_cli("serving", "pull", "--source", f"{models_uri}/m", "--dest", str(dest),
                    env=unreachable)
     assert proc.returncode == 0 and "serving the local versions [1]" in proc.stdout
+
+
+def test_init_container_waits_for_the_first_version_instead_of_crash_looping(tmp_path,
+                                                                            models_uri):
+    """First deploy: serving pods start before the first training run has published."""
+    dest = tmp_path / "serve" / "m"
+    log = (tmp_path / "wait.log").open("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "serving", "pull", "--source",
+                             f"{models_uri}/m", "--dest", str(dest), "--wait-timeout", "120",
+                             "--interval", "0.5", "-q"], stdout=log, stderr=subprocess.STDOUT,
+                            cwd=REPO)
+    try:
+        wait_for(lambda: "waiting for the first verified version of m" in read(log))
+        assert proc.poll() is None  # still waiting, not failed
+        publish_fake(tmp_path, models_uri, "m", 7)
+        assert proc.wait(60) == 0, read(log)
+    finally:
+        proc.kill()
+    assert (dest / "7" / "saved_model.pb").is_file()
+    assert "versions present" in read(log)
+    lines = [json.loads(line) for line in read(log).splitlines() if line.startswith("{")]
+    waiting = [x for x in lines if "waiting for the first" in x["message"]]
+    assert len(waiting) == 1  # one line a minute, not one per poll
+    assert f"under {models_uri}/m" in waiting[0]["message"]
+    # And a deadline that passes is exit 3 with one line, so the pod restarts and says why.
+    started = time.monotonic()
+    proc2 = run_cli("serving", "pull", "--source", f"{models_uri}/none", "--dest",
+                    str(tmp_path / "other" / "none"), "--wait-timeout", "1.5", "--interval",
+                    "0.5", "-q")
+    assert proc2.returncode == 3 and time.monotonic() - started < 60
+    [line] = [x for x in proc2.stderr.splitlines() if x.startswith("error:")]
+    assert "no verified version of 'none'" in line and "gave up after waiting" in line
 
 
 @pytest.mark.slow
