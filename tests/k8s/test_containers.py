@@ -144,8 +144,11 @@ def test_serving_image_uses_the_project_config_and_known_flags():
     assert arg_arg(steps, "TF_SERVING_VERSION") == "2.20.0"
     [entrypoint] = [rest for word, rest in steps if word == "ENTRYPOINT"]
     args = yaml.safe_load(entrypoint)
-    assert args[0] == "/usr/bin/tensorflow_model_server"
-    flags = dict(a.removeprefix("--").split("=", 1) for a in args[1:])
+    # tini as PID 1 passes SIGTERM on; the server itself installs no handler.
+    assert args[:4] == ["/usr/bin/tini", "-s", "--", "/usr/bin/tensorflow_model_server"]
+    assert any(re.search(r"apt-get install .*\btini=\d", rest) for word, rest in steps
+               if word == "RUN")
+    flags = dict(a.removeprefix("--").split("=", 1) for a in args[4:])
     assert set(flags) <= TF_SERVING_FLAGS
     assert flags["port"] == "8500" and flags["rest_api_port"] == "8501"
     assert flags["enable_grpc_healthcheck_service"] == "true"
@@ -186,8 +189,21 @@ def test_long_running_services_have_healthchecks_and_no_host_network(compose):
         assert compose["services"][name]["healthcheck"]["test"], name
     for name, service in compose["services"].items():
         assert service.get("network_mode") != "host" and not service.get("privileged"), name
-        if name != "s3":
-            assert service.get("read_only") is True and service.get("cap_drop") == ["ALL"]
+        assert service.get("read_only") is True and service.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert set(service.get("cap_add", [])) <= {"CHOWN"}, name
+    for name in ("s3", "init", "trainer", "puller", "tfserving"):
+        assert compose["services"][name]["init"] is True, name  # signals reach the program
+
+
+def test_the_store_runs_as_non_root_and_logs_to_stderr(compose):
+    s3 = compose["services"]["s3"]
+    assert s3["user"] == "10001:10001"
+    assert s3["command"][:2] == ["-logtostderr=true", "mini"]  # a global flag: first
+    owner = compose["services"]["s3-volume"]
+    assert owner["command"] == ["chown", "10001:10001", "/data"]
+    assert owner["cap_add"] == ["CHOWN"] and owner["network_mode"] == "none"
+    assert s3["depends_on"]["s3-volume"]["condition"] == "service_completed_successfully"
 
 
 def test_ports_are_published_on_localhost_only(compose):
