@@ -133,7 +133,9 @@ def _server_options(f):
     f = click.option("--rest", "rest_url", metavar="URL",
                      help="REST endpoint, e.g. http://localhost:8501.")(f)
     f = click.option("--grpc", "grpc_target", metavar="HOST:PORT",
-                     help="gRPC endpoint, e.g. localhost:8500.")(f)
+                     help="gRPC endpoint, e.g. localhost:8500. A dns:///host:port target "
+                          "(a Kubernetes headless Service) spreads calls over every address "
+                          "it resolves to.")(f)
     return f
 
 

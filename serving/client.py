@@ -21,6 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_TIMEOUT_S = 30.0
+# gRPC targets with an explicit resolver scheme may name many servers (a Kubernetes headless
+# Service: dns:///serving-grpc.<namespace>:8500). Their calls are spread over every address
+# (round_robin) instead of gRPC's default pick_first, which sends every call of a channel to
+# one pod, so scaling out would not help a long-lived client.
+BALANCED_SCHEMES = ("dns:", "ipv4:", "ipv6:")
 DEFAULT_BATCH = 16  # images per request: few round trips, modest request size
 SIGNATURE = "serving_default"
 IMAGE_INPUT = "image_bytes"
@@ -74,9 +79,12 @@ class GrpcClient:
 
         self.target, self.timeout = target, timeout
         self._grpc = grpc
-        self.channel = grpc.insecure_channel(target, options=[
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                   ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        if target.startswith(BALANCED_SCHEMES):
+            options.append(("grpc.lb_policy_name", "round_robin"))
+        self.options = options
+        self.channel = grpc.insecure_channel(target, options=options)
         self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
 

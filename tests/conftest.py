@@ -46,18 +46,18 @@ def quiet_tensorflow_and_private_caches(tmp_path_factory):
 
 @contextlib.contextmanager
 def aws_env_of(store: SeaweedFS):
-    """Point this process's AWS environment (and our S3 client) at `store`, then restore."""
-    saved = {k: os.environ.get(k) for k in store.env()}
-    os.environ.update(store.env())
+    """Point this process's AWS environment (and our S3 client) at `store`, then restore.
+    Every AWS/boto setting inherited from the shell is removed meanwhile (store.client_env)."""
+    wanted = store.client_env(os.environ)
+    saved = {k: os.environ.get(k) for k in set(os.environ) | set(wanted)}
+    os.environ.clear()
+    os.environ.update(wanted)
     _clear_s3_client()
     try:
         yield store
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        os.environ.clear()
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
         _clear_s3_client()
 
 

@@ -65,7 +65,9 @@ class Demo:
         self.store.start()
         for bucket in ("datasets", "models"):
             self.store.create_bucket(bucket)
-        self.env.update(self.store.env())
+        # Nothing S3-related from the user's shell (an AWS_ENDPOINT_URL_S3 for MinIO, a
+        # profile, a session token...): every step talks only to the demo's own store.
+        self.env = self.store.client_env(self.env)
         print(f"S3 endpoint {self.store.endpoint} (buckets: datasets, models; "
               f"data in {self.store.data_dir.relative_to(REPO)})")
 

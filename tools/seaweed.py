@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,12 @@ PORT_FLAGS = (
     "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
     "s3.port.iceberg", "s3.port.lance",
 )
+
+
+# Environment variables botocore and boto3 read (endpoint, profile, region, credentials, CA
+# bundle, FIPS/dual-stack switches...): none may leak from a user's shell into our store's
+# clients.
+AWS_PREFIXES = ("AWS_", "BOTO_")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -62,9 +69,14 @@ class SeaweedFS:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
 
     def env(self) -> dict[str, str]:
-        """The standard AWS variables that point boto3 (and our code) at this store."""
+        """The standard AWS variables that point boto3 (and our code) at this store.
+
+        On their own they do not win against everything a user's shell may hold (botocore
+        prefers AWS_ENDPOINT_URL_S3, honours AWS_PROFILE and AWS_SESSION_TOKEN...): start
+        processes with `client_env`, which drops those first."""
         return {
             "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ENDPOINT_URL_S3": self.endpoint,
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_REGION": self.region,
@@ -74,6 +86,14 @@ class SeaweedFS:
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
             "AWS_EC2_METADATA_DISABLED": "true",
         }
+
+    def client_env(self, base: Mapping[str, str]) -> dict[str, str]:
+        """`base` (say os.environ) with every AWS and boto setting removed, then this store's.
+        A MinIO user's AWS_ENDPOINT_URL_S3, a profile, a session token, a CA bundle or a
+        region in the shell cannot redirect or break the embedded stack."""
+        clean = {k: v for k, v in base.items() if not k.upper().startswith(AWS_PREFIXES)}
+        no_proxy = ",".join(filter(None, [clean.get("NO_PROXY", ""), self.host, "localhost"]))
+        return {**clean, **self.env(), "NO_PROXY": no_proxy, "no_proxy": no_proxy}
 
     def start(self, timeout: float = 90) -> None:
         """Start (or restart on the same ports and data, for outage tests)."""
@@ -86,7 +106,7 @@ class SeaweedFS:
                 f"-ip.bind={self.host}", "-master.telemetry=false", "-webdav=false",
                 "-admin.ui=false"]
         args += [f"-{flag}={port}" for flag, port in self.ports.items()]
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key,
+        env = {**self.client_env(os.environ), "AWS_ACCESS_KEY_ID": self.access_key,
                "AWS_SECRET_ACCESS_KEY": self.secret_key}
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,

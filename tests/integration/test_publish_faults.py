@@ -39,7 +39,7 @@ def start_training(tmp_path, store, version: int) -> tuple[subprocess.Popen, obj
         [sys.executable, "-m", "trainer", "train", "--data", str(data),
          "--output", "s3://models/faults", "--model-name", "m", "--weights", "none",
          "--cache", str(tmp_path / "cache"), "--version", str(version), "--epochs", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **store.env()})
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=store.client_env(os.environ))
     return proc, log
 
 

@@ -191,7 +191,7 @@ def test_watch_survives_a_store_outage_and_picks_up_new_versions(tmp_path):
                       secret_key=uuid.uuid4().hex)
     store.start()
     store.create_bucket("models")
-    env = {**os.environ, **store.env(), "AWS_MAX_ATTEMPTS": "2"}
+    env = {**store.client_env(os.environ), "AWS_MAX_ATTEMPTS": "2"}
     dest = tmp_path / "serve" / "m"
     log = (tmp_path / "puller.log").open("w+")
     with aws_env_of(store):

@@ -52,7 +52,7 @@ def test_store_outage_while_pull_watch_runs_keeps_the_server_serving(tiny_model,
                       secret_key=uuid.uuid4().hex)
     store.start()
     store.create_bucket("models")
-    env = {**os.environ, **store.env()}
+    env = {**store.client_env(os.environ)}
     dest = tmp_path / "serve" / "tiny"
     server = LocalServer(["--model-name", "tiny", "--model-base-path", str(dest),
                           "--file-system-poll-wait-seconds", "0.5"], tmp_path / "server.log")
