@@ -37,17 +37,28 @@ WARMUP_RECORDS = 3
 
 
 class Classifier(tf.Module):
-    """What the SavedModel holds: the Keras model, the class names and the signatures."""
+    """What the SavedModel holds: the network's variables, the class names, the signatures.
+
+    The Keras model itself is deliberately not tracked (it is only captured by `predict`):
+    TF Serving loads a SavedModel into a session and restores its variables by name
+    (LoadSavedModel: the saver_def's restore op), then runs the signatures' graphs. Tracking
+    a Keras 3 model saves its `keras.Variable` wrappers, which the restore op fills, while
+    the traced functions read the wrapped tf.Variables: under TF Serving every request then
+    fails with "Could not find variable block1_conv1/kernel" (TF's own object-based loader,
+    tf.saved_model.load, maps both and hides it). `track_captured_variables` tracks exactly
+    the variables the signatures read, as Keras' own ExportArchive does
+    (keras/src/export/saved_model_export_archive.py, `_filter_and_track_resources`).
+    tests/integration/test_version_skew.py loads the export the session way.
+    """
 
     def __init__(self, model: keras.Model, classes: list[str], labels_file: Path):
         super().__init__(name="vgg16_transfer")
-        self.model = model
         self.class_names = tf.constant(classes, dtype=tf.string)
         self.labels = tf.saved_model.Asset(str(labels_file))  # copied to assets/labels.txt
         # The network and the decoding are each traced once and shared by the signatures
         # (tracing is most of an export's time).
         self.predict = tf.function(
-            lambda images: self.model(images, training=False),
+            lambda images: model(images, training=False),
             input_signature=[tf.TensorSpec([None, *IMAGE_SIZE, 3], tf.float32)],
             autograph=False)
         self.decode = tf.function(
@@ -66,6 +77,16 @@ class Classifier(tf.Module):
             "classes": tf.tile(self.class_names[None, :], [batch, 1]),
             "scores": scores,
         }
+
+    def track_captured_variables(self, signatures: dict) -> None:
+        """Track every variable the signatures' concrete functions capture (see above)."""
+        seen, variables = set(), []
+        for function in signatures.values():
+            for v in function.variables:
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    variables.append(v)
+        self.graph_variables = variables
 
     def _from_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._outputs(self.decode(image_bytes))
@@ -97,11 +118,13 @@ def export_saved_model(model: keras.Model, classes: list[str], version_dir: Path
         labels = Path(tmp) / LABELS_FILE  # an Asset keeps its file name: assets/labels.txt
         labels.write_text("".join(f"{c}\n" for c in classes))
         module = Classifier(model, classes, labels)
-        tf.saved_model.save(module, str(version_dir), signatures={
-            SERVING_DEFAULT: module.serve_image_bytes,
-            PREDICT_IMAGES: module.serve_images,
-            CLASSIFY: module.serve_classify,
-        })
+        signatures = {
+            SERVING_DEFAULT: module.serve_image_bytes.get_concrete_function(),
+            PREDICT_IMAGES: module.serve_images.get_concrete_function(),
+            CLASSIFY: module.serve_classify.get_concrete_function(),
+        }
+        module.track_captured_variables(signatures)
+        tf.saved_model.save(module, str(version_dir), signatures=signatures)
     write_warmup(version_dir / WARMUP_FILE, warmup_images[:WARMUP_RECORDS])
 
 
