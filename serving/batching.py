@@ -5,7 +5,8 @@ Semantics follow TF Serving's shared batch scheduler: `num_batch_threads` thread
 from per-(servable, signature) queues; a batch is formed when it reaches `max_batch_size` or
 its oldest request has waited `batch_timeout_micros` (0: as soon as a thread is free, so
 requests that arrive while the model is busy ride together). A request bigger than
-`max_batch_size` is INVALID_ARGUMENT; a full queue answers UNAVAILABLE at once.
+`max_batch_size` is INVALID_ARGUMENT; a full queue answers UNAVAILABLE at once. A batched
+run that fails fails every request in it, with the same status, as in TF Serving.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-import grpc
 import numpy as np
 
 from serving.config import BatchingOptions
@@ -144,11 +144,10 @@ class Batcher:
                                            f"{value.shape[0] if value.ndim else 'none'}, "
                                            f"expected {padded}")
         except ServingError as e:
-            if len(batch) > 1 and e.code == grpc.StatusCode.INVALID_ARGUMENT:
-                # One bad request (say, bytes that are not an image) must not fail the
-                # good ones it was merged with: run each on its own to isolate it.
-                self._execute_each(queue, batch)
-                return
+            # As TF Serving: one status for the whole batch. A batched run that fails fails
+            # every request merged into it (batching/batching_session.cc, ProcessBatch:
+            # "Regardless of the outcome, we need to propagate the status to the individual
+            # tasks"). The exported graph reports bad images per item instead of failing.
             for t in batch:
                 t.future.set_exception(e)
             return
@@ -164,16 +163,6 @@ class Batcher:
         for t in batch:
             t.future.set_result({k: v[offset:offset + t.size] for k, v in outputs.items()})
             offset += t.size
-
-    def _execute_each(self, queue: _Queue, batch: list[_Task]) -> None:
-        for t in batch:
-            try:
-                t.future.set_result(queue.servable.run(queue.signature, t.inputs))
-            except ServingError as e:
-                t.future.set_exception(e)
-            except Exception as e:
-                log.exception("request execution failed")
-                t.future.set_exception(e)
 
     def stop(self) -> None:
         with self._cond:

@@ -7,6 +7,7 @@ import sys
 import click
 
 from serving import defaults
+from trainer.errors import EXIT_BAD_INPUT
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -182,16 +183,26 @@ def classify(grpc_target, rest_url, model_name, timeout, version, label, top_k, 
     with _connect(grpc_target, rest_url, timeout) as client:
         results = _client_call(lambda: classify_files(client, list(images), model_name,
                                                       version, label, batch_size))
+    failed = [(path, p.error) for path, p in results if p.error]
     if as_json:
         for path, p in results:
             click.echo(json.dumps({"file": path, "label": p.label, "score": p.score,
-                                   "top_k": p.top(top_k)}))
-        return
-    width = max(len("file"), *(len(path) for path, _ in results))
-    click.echo(f"{'file':<{width}}  {'label':<16} {'score':>6}  top-{top_k}")
-    for path, p in results:
-        top = ", ".join(f"{label} {score:.3f}" for label, score in p.top(top_k))
-        click.echo(f"{path:<{width}}  {p.label:<16} {p.score:6.3f}  {top}")
+                                   "top_k": p.top(top_k), "error": p.error}))
+    else:
+        width = max(len("file"), *(len(path) for path, _ in results))
+        click.echo(f"{'file':<{width}}  {'label':<16} {'score':>6}  top-{top_k}")
+        for path, p in results:
+            if p.error:
+                click.echo(f"{path:<{width}}  {'-':<16} {'-':>6}  error: {p.error}")
+                continue
+            top = ", ".join(f"{label} {score:.3f}" for label, score in p.top(top_k))
+            click.echo(f"{path:<{width}}  {p.label:<16} {p.score:6.3f}  {top}")
+    if failed:
+        # The good images were classified and printed; the bad ones make it exit 2.
+        click.echo(f"error: {len(failed)} of {len(results)} images could not be classified "
+                   f"({failed[0][0]}: {failed[0][1]}" + (", ..." if len(failed) > 1 else "")
+                   + ")", err=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 @cli.command()

@@ -20,6 +20,8 @@ import base64
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.image_formats import ERROR_NOT_AN_IMAGE, sniff
+
 DEFAULT_TIMEOUT_S = 30.0
 # gRPC targets with an explicit resolver scheme may name many servers (a Kubernetes headless
 # Service: dns:///serving-grpc.<namespace>:8500). Their calls are spread over every address
@@ -43,10 +45,17 @@ class Prediction:
     score: float
     classes: list[str]
     scores: list[float]
+    error: str = ""  # why the image could not be classified ("" when it was)
 
     def top(self, k: int) -> list[tuple[str, float]]:
+        if self.error:
+            return []
         ranked = sorted(zip(self.classes, self.scores, strict=True), key=lambda x: -x[1])
         return ranked[:k]
+
+    @classmethod
+    def failed(cls, error: str) -> Prediction:
+        return cls("", 0.0, [], [], error)
 
 
 @dataclass
@@ -113,9 +122,11 @@ class GrpcClient:
         request.inputs[IMAGE_INPUT].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string))
         response = self._call(self.predictions.Predict, request)
         out = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+        errors = out.get("error", [b""] * len(images))  # models exported before it had none
         return [Prediction(out["label"][i].decode(), float(out["score"][i]),
                            [c.decode() for c in out["classes"][i]],
-                           [float(s) for s in out["scores"][i]]) for i in range(len(images))]
+                           [float(s) for s in out["scores"][i]], errors[i].decode())
+                for i in range(len(images))]
 
     def status(self, model: str, version: int | None = None) -> list[VersionInfo]:
         from tensorflow.core.protobuf import error_codes_pb2
@@ -196,7 +207,8 @@ class RestClient:
                 "instances": [{"b64": base64.b64encode(i).decode()} for i in images]}
         payload = self._call("POST", f"{self._path(model, version, label)}:predict", body)
         return [Prediction(p["label"], float(p["score"]), p["classes"],
-                           [float(s) for s in p["scores"]]) for p in payload["predictions"]]
+                           [float(s) for s in p["scores"]], p.get("error", ""))
+                for p in payload["predictions"]]
 
     def status(self, model: str, version: int | None = None) -> list[VersionInfo]:
         payload = self._call("GET", self._path(model, version, None))
@@ -254,11 +266,22 @@ def read_images(paths: list[str]) -> list[bytes]:
 def classify_files(client, paths: list[str], model: str, version: int | None = None,
                    label: str | None = None, batch: int = DEFAULT_BATCH
                    ) -> list[tuple[str, Prediction]]:
-    """Classify files in batches of `batch` images per request."""
+    """Classify files in batches of `batch` images per request, in the order given.
+
+    A file that is not a JPEG/PNG/GIF/BMP image by its first bytes is not sent: it gets its
+    reason at once, as the server would give it. Anything else bad (a truncated file) is
+    reported by the server, per image, in `Prediction.error`.
+    """
     images = read_images(paths)
-    results = []
-    for start in range(0, len(images), batch):
-        chunk = images[start:start + batch]
-        predictions = client.classify(chunk, model, version, label)
-        results += zip(paths[start:start + batch], predictions, strict=True)
-    return results
+    results: dict[int, Prediction] = {}
+    sendable = []
+    for i, data in enumerate(images):
+        if sniff(data) is None:
+            results[i] = Prediction.failed(ERROR_NOT_AN_IMAGE)
+        else:
+            sendable.append(i)
+    for start in range(0, len(sendable), batch):
+        chunk = sendable[start:start + batch]
+        predictions = client.classify([images[i] for i in chunk], model, version, label)
+        results.update(zip(chunk, predictions, strict=True))
+    return [(paths[i], results[i]) for i in range(len(paths))]

@@ -4,13 +4,18 @@ Signatures (DESIGN section 4; names are part of the contract):
 
 | signature         | input                                   | outputs                          |
 |-------------------|-----------------------------------------|----------------------------------|
-| serving_default   | image_bytes  DT_STRING [-1] (encoded)   | label, score, classes, scores    |
+| serving_default   | image_bytes  DT_STRING [-1] (encoded)   | label, score, classes, scores,   |
+|                   |                                         | error ("" or why the image is bad)|
 | predict_images    | images DT_FLOAT [-1,224,224,3] RGB 0-255| label, score, classes, scores    |
 | classify          | inputs DT_STRING [-1] (tf.Example with  | classes, scores (Classify API)   |
 |                   | bytes feature image/encoded)            |                                  |
 
 Decoding, resizing and VGG preprocessing run inside the graph with the same function the
-trainer used (trainer.preprocessing), so training and serving cannot disagree.
+trainer used (trainer.preprocessing), so training and serving cannot disagree. A bad image
+is reported per item and never fails the call (preprocessing.preprocess_batch): `error`
+says why, its `label` is "", its `score` 0 and its `scores` all zero, which no good image
+can have (a softmax sums to 1); the Classify API, which allows only `classes` and `scores`,
+shows a bad item by those all-zero scores.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from trainer.preprocessing import IMAGE_SIZE, preprocess_image_bytes, vgg_preprocess
+from trainer.preprocessing import IMAGE_SIZE, preprocess_batch, vgg_preprocess
 
 SERVING_DEFAULT = "serving_default"
 PREDICT_IMAGES = "predict_images"
@@ -31,9 +36,11 @@ IMAGES_INPUT = "images"
 CLASSIFY_INPUT = "inputs"  # TF Serving's Classify API requires exactly this input key
 EXAMPLE_IMAGE_FEATURE = "image/encoded"
 OUTPUTS = ("label", "score", "classes", "scores")
+ERROR_OUTPUT = "error"  # serving_default only: "" for a good image, else the reason
 LABELS_FILE = "labels.txt"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 WARMUP_RECORDS = 3
+WARMUP_BAD_IMAGE = b"warmup: not an image"  # exercises the per-item error path
 
 
 class Classifier(tf.Module):
@@ -54,6 +61,7 @@ class Classifier(tf.Module):
     def __init__(self, model: keras.Model, classes: list[str], labels_file: Path):
         super().__init__(name="vgg16_transfer")
         self.class_names = tf.constant(classes, dtype=tf.string)
+        self.num_classes = len(classes)
         self.labels = tf.saved_model.Asset(str(labels_file))  # copied to assets/labels.txt
         # The network and the decoding are each traced once and shared by the signatures
         # (tracing is most of an export's time).
@@ -61,14 +69,18 @@ class Classifier(tf.Module):
             lambda images: model(images, training=False),
             input_signature=[tf.TensorSpec([None, *IMAGE_SIZE, 3], tf.float32)],
             autograph=False)
-        self.decode = tf.function(
-            lambda image_bytes: tf.map_fn(
-                preprocess_image_bytes, image_bytes,
-                fn_output_signature=tf.TensorSpec([*IMAGE_SIZE, 3], tf.float32)),
-            input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+        self.decode = tf.function(preprocess_batch,
+                                  input_signature=[tf.TensorSpec([None], tf.string)],
+                                  autograph=False)
+
+    def _scores(self, preprocessed: tf.Tensor) -> tf.Tensor:
+        """Class probabilities; an empty batch skips the network (oneDNN's convolution
+        fails on zero images)."""
+        return tf.cond(tf.shape(preprocessed)[0] > 0, lambda: self.predict(preprocessed),
+                       lambda: tf.zeros([0, self.num_classes], tf.float32))
 
     def _outputs(self, preprocessed: tf.Tensor) -> dict[str, tf.Tensor]:
-        scores = self.predict(preprocessed)
+        scores = self._scores(preprocessed)
         top = tf.argmax(scores, axis=1, output_type=tf.int32)
         batch = tf.shape(scores)[0]
         return {
@@ -89,7 +101,21 @@ class Classifier(tf.Module):
         self.graph_variables = variables
 
     def _from_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._outputs(self.decode(image_bytes))
+        """Every output for every item; the network sees only the good images."""
+        images, positions, errors = self.decode(image_bytes)
+        n = tf.shape(image_bytes, out_type=tf.int64)[0]
+        good = self._scores(images)
+        scores = tf.scatter_nd(positions[:, None], good,
+                               tf.stack([n, tf.shape(good, out_type=tf.int64)[1]]))
+        ok = tf.equal(errors, "")
+        top = tf.argmax(scores, axis=1, output_type=tf.int32)
+        return {
+            "label": tf.where(ok, tf.gather(self.class_names, top), tf.constant("")),
+            "score": tf.reduce_max(scores, axis=1),
+            "classes": tf.tile(self.class_names[None, :], [tf.cast(n, tf.int32), 1]),
+            "scores": scores,
+            ERROR_OUTPUT: errors,
+        }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)],
                  autograph=False)
@@ -139,12 +165,17 @@ def write_warmup(path: Path, images: list[bytes]) -> None:
     )
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Each image alone, then one batch mixing good images with bad ones: the per-item error
+    # path is warm too, and a graph that failed on it would fail the load, not a client.
+    batches = [[image] for image in images]
+    if images:
+        batches.append([images[0], WARMUP_BAD_IMAGE, *images[1:2]])
     with tf.io.TFRecordWriter(str(path)) as writer:
-        for image in images:
+        for batch in batches:
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(signature_name=SERVING_DEFAULT))
             request.inputs[IMAGE_BYTES_INPUT].CopyFrom(
-                tf.make_tensor_proto([image], dtype=tf.string))
+                tf.make_tensor_proto(batch, dtype=tf.string))
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())

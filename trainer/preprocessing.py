@@ -8,6 +8,10 @@ PREPROCESSING_VERSION: it is part of every feature-cache key and of the manifest
 import keras
 import tensorflow as tf
 
+# Per-item reasons in the `error` output of serving_default (DESIGN section 4): a bad image
+# never fails the run it shares with other clients' images.
+from trainer.image_formats import ERROR_CORRUPT, ERROR_NOT_AN_IMAGE, ERROR_TOO_LARGE, SIGNATURES
+
 IMAGE_SIZE = (224, 224)  # VGG16 with its fully connected top takes exactly 224x224
 PREPROCESSING = "vgg16"  # manifest "input.preprocessing"
 PREPROCESSING_VERSION = "vgg16-bilinear-aa-v1"
@@ -15,6 +19,8 @@ PREPROCESSING_VERSION = "vgg16-bilinear-aa-v1"
 # sizes are refused before decoding, so a few-KB "decompression bomb" cannot exhaust memory.
 MAX_IMAGE_PIXELS = 100_000_000
 _HEADER_BYTES = 32
+# Images decoded at once per call: bounds the memory a single request's decoding can take.
+DECODE_PARALLELISM = 4
 
 
 def _uint(header: tf.Tensor, start: int, size: int, big_endian: bool) -> tf.Tensor:
@@ -23,11 +29,24 @@ def _uint(header: tf.Tensor, start: int, size: int, big_endian: bool) -> tf.Tens
     return tf.reduce_sum(digits * tf.constant(weights, tf.int64))
 
 
-def declared_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
-    """width x height as the file's header declares it (PNG, GIF, BMP, JPEG), else 0."""
+def _header(image_bytes: tf.Tensor) -> tf.Tensor:
+    """The first _HEADER_BYTES bytes as uint8, zero-padded."""
     padded = tf.strings.join([tf.strings.substr(image_bytes, 0, _HEADER_BYTES),
                               tf.constant(b"\0" * _HEADER_BYTES)])
-    header = tf.io.decode_raw(tf.strings.substr(padded, 0, _HEADER_BYTES), tf.uint8)
+    return tf.io.decode_raw(tf.strings.substr(padded, 0, _HEADER_BYTES), tf.uint8)
+
+
+def is_known_format(image_bytes: tf.Tensor) -> tf.Tensor:
+    """True when the bytes start like a JPEG, PNG, GIF or BMP file (the contract's formats)."""
+    header = _header(image_bytes)
+    return tf.reduce_any([
+        tf.reduce_all(tf.equal(header[:len(sig)], tf.constant(list(sig), tf.uint8)))
+        for sig in SIGNATURES.values()])
+
+
+def declared_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
+    """width x height as the file's header declares it (PNG, GIF, BMP, JPEG), else 0."""
+    header = _header(image_bytes)
 
     def starts_with(signature: bytes) -> tf.Tensor:
         return tf.reduce_all(tf.equal(header[:len(signature)],
@@ -79,3 +98,58 @@ def vgg_preprocess(pixels: tf.Tensor) -> tf.Tensor:
 def preprocess_image_bytes(image_bytes: tf.Tensor) -> tf.Tensor:
     """Encoded image bytes -> VGG16 input tensor [224, 224, 3]. THE preprocessing function."""
     return vgg_preprocess(decode_and_resize(image_bytes))
+
+
+def _surviving(positions: tf.Tensor, image_bytes: tf.Tensor, fn, dtype: tf.DType
+               ) -> tuple[tf.Tensor, tf.Tensor]:
+    """(positions, fn(image)) for the images at `positions` on which `fn` does not fail.
+
+    tf.data's ignore_errors is the one way a graph survives a failing op: a corrupt image
+    is dropped here instead of failing the whole run.
+    """
+    items = tf.data.Dataset.from_tensor_slices((positions, tf.gather(image_bytes, positions)))
+    items = items.map(lambda i, b: (i, fn(b)), num_parallel_calls=DECODE_PARALLELISM,
+                      deterministic=True).ignore_errors(log_warning=False)
+    return items.reduce(
+        (tf.zeros([0], tf.int64), tf.zeros([0], dtype)),
+        lambda found, item: (tf.concat([found[0], item[0][None]], 0),
+                             tf.concat([found[1], item[1][None]], 0)))
+
+
+def preprocess_batch(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """[N] encoded images -> (VGG16 inputs of the good ones [G, 224, 224, 3], their
+    positions [G], and the per-item error [N]: "" or a short reason).
+
+    Nothing in the bytes can make this fail. Under TF Serving's batching one failed
+    Session::Run fails every request batched into it (batching/batching_session.cc,
+    ProcessBatch), so a bad image must not fail the run. Each check that can fail on hostile
+    bytes (reading a JPEG's size, decoding) runs where a failure drops only that image. The
+    good images keep their order and go on alone, so their results are exactly what they
+    would be without the bad ones.
+    """
+    n = tf.shape(image_bytes, out_type=tf.int64)[0]
+    known = tf.map_fn(is_known_format, image_bytes, fn_output_signature=tf.bool)
+    candidates = tf.where(known)[:, 0]
+    sized, pixels = _surviving(candidates, image_bytes, declared_pixels, tf.int64)
+    fits = pixels <= MAX_IMAGE_PIXELS
+    # Decoding is what the trainer's pipeline and the network below do to an image.
+    decodable, _ = _surviving(tf.boolean_mask(sized, fits), image_bytes,
+                              lambda b: tf.reduce_max(decode_and_resize(b)), tf.float32)
+    positions = decodable
+    # The good ones decode again, now known to succeed (decoding is deterministic).
+    # (Feeding the network from tf.data's output directly hit a oneDNN rewrite fault.)
+    images = tf.map_fn(preprocess_image_bytes, tf.gather(image_bytes, positions),
+                       fn_output_signature=tf.TensorSpec([*IMAGE_SIZE, 3], tf.float32),
+                       parallel_iterations=DECODE_PARALLELISM)
+
+    def mark(at: tf.Tensor) -> tf.Tensor:
+        return tf.scatter_nd(at[:, None], tf.ones_like(at, tf.bool), [n])
+
+    prefix, suffix = ERROR_TOO_LARGE.split("{}")
+    large_at = tf.boolean_mask(sized, tf.logical_not(fits))
+    large_text = tf.strings.join([prefix, tf.strings.as_string(
+        tf.boolean_mask(pixels, tf.logical_not(fits)) // 1_000_000), suffix])
+    errors = tf.where(mark(positions), "", ERROR_CORRUPT)
+    errors = tf.tensor_scatter_nd_update(errors, large_at[:, None], large_text)
+    errors = tf.where(known, errors, ERROR_NOT_AN_IMAGE)
+    return images, positions, errors

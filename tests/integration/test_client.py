@@ -97,10 +97,35 @@ def test_errors_are_one_line_with_an_exit_code(server, image_files, tmp_path, tr
         in result.stderr
     result = invoke("classify", *where, "--model-name", "tiny", str(tmp_path / "missing.jpg"))
     assert result.exit_code == 2 and "cannot read image file" in result.stderr
+
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_bad_images_are_reported_per_file_and_exit_2(server, tiny_model, image_files,
+                                                     tmp_path, transport):
+    """The good files are classified and printed; each bad one gets its reason (the junk
+    file is refused by the client itself, the truncated one by the model); exit 2."""
+    good = next(iter(image_files))
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"not an image")
-    result = invoke("classify", *where, "--model-name", "tiny", str(junk))
-    assert result.exit_code == 2 and "Unknown image file format" in result.stderr
+    cut = tmp_path / "cut.jpg"
+    jpeg = next(data for _, data in tiny_model.files if data.startswith(b"\xff\xd8"))
+    cut.write_bytes(jpeg[:60])
+    where = endpoints(server)[transport]
+    result = invoke("classify", *where, "--model-name", "tiny", str(junk), good, str(cut))
+    assert result.exit_code == 2, result.output
+    rows = result.stdout.splitlines()[1:]
+    assert rows[0].split()[1:] == ["-", "-", "error:", "not", "a", "JPEG/PNG/GIF/BMP", "image"]
+    expected = tiny_model.classes[int(np.argmax(tiny_model.expected[image_files[good]]))]
+    assert rows[1].split()[1] == expected
+    assert rows[2].endswith("error: truncated or corrupt image")
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: 2 of 3 images could not be classified")
+    result = invoke("classify", *where, "--model-name", "tiny", "--json", str(cut), good)
+    assert result.exit_code == 2
+    lines = [json.loads(x) for x in result.stdout.splitlines()]
+    assert [x["error"] for x in lines] == ["truncated or corrupt image", ""]
+    assert lines[0]["top_k"] == [] and lines[1]["label"] == expected
 
 
 @pytest.mark.parametrize("where", [["--grpc", "127.0.0.1:1"], ["--rest", "http://127.0.0.1:1"]])

@@ -157,7 +157,7 @@ def _status_request(name, version=None):
 @pytest.mark.parametrize("case", [
     "unknown model", "unknown version", "unknown label", "unknown signature",
     "wrong alias", "extra input", "wrong dtype", "bad output filter", "duplicate filter",
-    "not an image", "bad tensor proto", "no model spec", "classify default signature",
+    "bad tensor proto", "no model spec", "classify default signature",
     "classify empty input", "status unknown model", "status unknown version",
     "metadata without field", "regress", "multi inference",
 ])
@@ -199,9 +199,6 @@ def test_error_codes(predict, models, tiny_model, case):
         call, request = predict.Predict, predict_request([image])
         request.output_filter.extend(["label", "label"])
         expected = (c.INVALID_ARGUMENT, "duplicate output tensor alias: label")
-    elif case == "not an image":
-        call, request = predict.Predict, predict_request([b"not an image"])
-        expected = (c.INVALID_ARGUMENT, "Unknown image file format")
     elif case == "bad tensor proto":
         call, request = predict.Predict, _bad_tensor_request()
         expected = (c.INVALID_ARGUMENT, "tensor parsing error: image_bytes")
@@ -236,6 +233,22 @@ def test_error_codes(predict, models, tiny_model, case):
     error = rpc_error(call, request)
     assert (error.code(), expected[1] in error.details()) == (expected[0], True), \
         error.details()
+
+
+def test_a_bad_image_is_answered_per_item_not_as_an_error(predict, tiny_model):
+    """DESIGN section 4 over gRPC: OK, with the reason in the `error` output."""
+    path, good = tiny_model.files[0]
+    response = predict.Predict(predict_request([b"not an image", good]), timeout=TIMEOUT)
+    assert tf.make_ndarray(response.outputs["error"]).tolist() == [
+        b"not a JPEG/PNG/GIF/BMP image", b""]
+    scores = tf.make_ndarray(response.outputs["scores"])
+    assert not scores[0].any()
+    np.testing.assert_allclose(scores[1], tiny_model.expected[path], atol=1e-5)
+    # Classify: the bad item's scores are all zero, which no good item's can be.
+    result = predict.Classify(classify_request([b"not an image", good]), timeout=TIMEOUT)
+    first, second = result.result.classifications
+    assert [c.score for c in first.classes] == [0.0, 0.0]
+    assert abs(sum(c.score for c in second.classes) - 1) < 1e-5
 
 
 def test_grpc_requests_are_counted_under_their_api(server, predict, tiny_model):

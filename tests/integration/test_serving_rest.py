@@ -47,7 +47,7 @@ def test_metadata_has_the_doubly_nested_signature_def(server):
     assert default["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
     assert default["inputs"]["image_bytes"]["tensor_shape"] == {
         "dim": [{"size": "-1", "name": ""}], "unknown_rank": False}
-    assert set(default["outputs"]) == {"label", "score", "classes", "scores"}
+    assert set(default["outputs"]) == {"label", "score", "classes", "scores", "error"}
     _, latest = http_json("GET", url(server, "/v1/models/tiny/metadata"))
     assert latest["model_spec"]["version"] == "2"
 
@@ -146,8 +146,6 @@ NOT_AN_IMAGE = b64(b"this is not an image")
      "JSON Value: 1.5 Type: Number is not of expected type: string"),
     ("POST", "/v1/models/tiny:predict", {"instances": [{"b64": "%%%"}]}, 400,
      "Unable to base64 decode"),
-    ("POST", "/v1/models/tiny:predict", {"instances": [NOT_AN_IMAGE]}, 400,
-     "Unknown image file format"),
     ("POST", "/v1/models/tiny:predict", {"signature_name": "predict_images",
                                          "instances": ["x"]}, 400,
      "is not of expected type: float"),
@@ -194,7 +192,7 @@ def test_cors_preflight(server):
 def test_prometheus_metrics_use_tf_serving_names(server, tiny_model):
     path, data = tiny_model.files[0]
     http_json("POST", url(server, "/v1/models/tiny:predict"), {"instances": [b64(data)]})
-    http_json("POST", url(server, "/v1/models/tiny:predict"), {"instances": [NOT_AN_IMAGE]})
+    http_json("POST", url(server, "/v1/models/tiny:predict"), {"instances": [1.5]})
     status, headers, page = http("GET", url(server, "/monitoring/prometheus/metrics"))
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     assert "# TYPE :tensorflow:serving:request_count counter" in page
@@ -207,14 +205,23 @@ def test_prometheus_metrics_use_tf_serving_names(server, tiny_model):
     assert "_total" not in page
 
 
-def test_a_decompression_bomb_is_refused_before_it_is_decoded(server):
+def test_bad_images_are_answered_per_item_with_a_reason(server, tiny_model):
+    """A bad image is not a request error (DESIGN section 4): 200, with `error` set for it
+    and the good images of the same request answered as usual."""
     import io
 
     from PIL import Image
 
     bomb = io.BytesIO()
     Image.new("1", (12_000, 12_000)).save(bomb, "PNG")  # valid PNG: 144 MP in ~20 KB
-    status, body = http_json("POST", url(server, "/v1/models/tiny:predict"),
-                             {"instances": [b64(bomb.getvalue())]})
-    assert status == 400
-    assert "image too large: more than 100000000 pixels declared" in body["error"]
+    path, good = tiny_model.files[0]
+    status, body = http_json("POST", url(server, "/v1/models/tiny:predict"), {"instances": [
+        NOT_AN_IMAGE, b64(good), b64(bomb.getvalue()), b64(good[: len(good) // 2])]})
+    assert status == 200, body
+    errors = [p["error"] for p in body["predictions"]]
+    assert errors == ["not a JPEG/PNG/GIF/BMP image", "", "image too large (144 megapixels)",
+                      "truncated or corrupt image"]
+    bad = body["predictions"][0]
+    assert bad["label"] == "" and bad["score"] == 0 and bad["scores"] == [0.0, 0.0]
+    np.testing.assert_allclose(body["predictions"][1]["scores"], tiny_model.expected[path],
+                               atol=1e-5)

@@ -90,9 +90,60 @@ def test_predict_images_and_classify_signatures_agree(cached_run, loaded):
     np.testing.assert_allclose(out["scores"].numpy(), result.fit.val_probabilities, atol=1e-5)
 
 
-def test_undecodable_bytes_are_an_invalid_argument_error(loaded):
-    with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
-        loaded.signatures[SERVING_DEFAULT](image_bytes=tf.constant([b"not an image"]))
+def corrupt_png() -> bytes:
+    """A PNG whose image data no longer matches its CRC."""
+    import io
+
+    png = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(png, "PNG")
+    data = bytearray(png.getvalue())
+    data[data.index(b"IDAT") + 8] ^= 0xFF
+    return bytes(data)
+
+
+def bomb_png() -> bytes:
+    """A valid PNG declaring 144 megapixels in about 20 KB."""
+    import io
+
+    bomb = io.BytesIO()
+    Image.new("1", (12_000, 12_000)).save(bomb, "PNG")
+    return bomb.getvalue()
+
+
+def test_a_bad_image_is_reported_per_item_and_never_fails_the_batch(cached_run, loaded):
+    """DESIGN section 4: under TF Serving's batching one failed run fails every request in
+    it, so the graph must not fail on image content. Good items come out exactly as they
+    would without the bad ones."""
+    result, _ = cached_run
+    files = val_files(result)
+    fn = loaded.signatures[SERVING_DEFAULT]
+    alone = fn(image_bytes=tf.constant(files))
+    jpeg = next(f for f in files if f.startswith(b"\xff\xd8"))
+    bad = [b"this is not an image", b"", jpeg[: len(jpeg) // 2], corrupt_png(), bomb_png()]
+    mixed = [bad[0], files[0], bad[1], bad[2], *files[1:], bad[3], bad[4]]
+    out = fn(image_bytes=tf.constant(mixed))
+    errors = [e.decode() for e in out["error"].numpy()]
+    good_at = [1] + list(range(4, 4 + len(files) - 1))
+    assert [errors[i] for i in good_at] == [""] * len(files)
+    assert [errors[i] for i in (0, 2, 3, len(mixed) - 2, len(mixed) - 1)] == [
+        "not a JPEG/PNG/GIF/BMP image", "not a JPEG/PNG/GIF/BMP image",
+        "truncated or corrupt image", "truncated or corrupt image",
+        "image too large (144 megapixels)"]
+    for key in ("scores", "score", "label"):
+        assert np.array_equal(out[key].numpy()[good_at], alone[key].numpy()), key
+    for i in (0, 2, 3, len(mixed) - 2, len(mixed) - 1):
+        assert out["label"].numpy()[i] == b"" and out["score"].numpy()[i] == 0
+        assert not out["scores"].numpy()[i].any()  # all zero: no good item can be (sum 1)
+    # Only bad images: still an answer, not an error.
+    only_bad = fn(image_bytes=tf.constant(bad[:2]))
+    assert [e.decode() for e in only_bad["error"].numpy()] == ["not a JPEG/PNG/GIF/BMP image"] * 2
+    # Classify: a bad item gets all-zero scores.
+    examples = [tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b]))}))
+        .SerializeToString() for b in (files[0], bad[0])]
+    scores = loaded.signatures[CLASSIFY](inputs=tf.constant(examples))["scores"].numpy()
+    np.testing.assert_allclose(scores[0], alone["scores"].numpy()[0], atol=1e-6)
+    assert not scores[1].any()
 
 
 def test_signature_names_and_dtypes_are_the_contract(loaded):
@@ -106,7 +157,10 @@ def test_signature_names_and_dtypes_are_the_contract(loaded):
     assert list(sigs[CLASSIFY].structured_input_signature[1]) == ["inputs"]
     outputs = sigs[SERVING_DEFAULT].structured_outputs
     assert {k: v.dtype for k, v in outputs.items()} == {
-        "label": tf.string, "score": tf.float32, "classes": tf.string, "scores": tf.float32}
+        "label": tf.string, "score": tf.float32, "classes": tf.string, "scores": tf.float32,
+        "error": tf.string}
+    assert set(sigs[PREDICT_IMAGES].structured_outputs) == {"label", "score", "classes",
+                                                             "scores"}
 
 
 def test_version_folder_has_labels_warmup_report_and_a_true_manifest(cached_run):
@@ -126,6 +180,13 @@ def test_version_folder_has_labels_warmup_report_and_a_true_manifest(cached_run)
     request = records[0].predict_log.request
     assert request.model_spec.signature_name == SERVING_DEFAULT
     assert request.inputs["image_bytes"].string_val[0] in val_files(result)
+    # One record mixes good images with a bad one: the per-item error path is warmed (and a
+    # graph that failed on it would fail the load, not a client).
+    batches = [list(r.predict_log.request.inputs["image_bytes"].string_val) for r in records
+               if r.WhichOneof("log_type") == "predict_log"]
+    mixed = [b for b in batches if len(b) > 1]
+    assert mixed and any(x in val_files(result) for x in mixed[0])
+    assert any(not x.startswith((b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM")) for x in mixed[0])
 
     manifest = parse_manifest((version_dir / MANIFEST_FILE).read_bytes(), expected_version=1)
     on_disk = sorted(p.relative_to(version_dir).as_posix() for p in version_dir.rglob("*")
@@ -158,3 +219,51 @@ def test_version_folder_has_labels_warmup_report_and_a_true_manifest(cached_run)
         with Image.open(report / png) as im:
             assert im.format == "PNG" and im.width > 300
         assert (out / "report" / png).is_file()  # --report-dir got a copy
+
+
+def _mutations(good: bytes):
+    from hypothesis import strategies as st
+
+    return st.one_of(
+        st.binary(max_size=200),
+        st.integers(0, len(good) - 1).map(lambda n: good[:n]),  # truncated anywhere
+        st.tuples(st.integers(0, len(good) - 1), st.integers(1, 255)).map(  # one byte flipped
+            lambda p: good[:p[0]] + bytes([good[p[0]] ^ p[1]]) + good[p[0] + 1:]),
+        st.sampled_from([b"\x89PNG\r\n\x1a\n", b"GIF89a", b"BM", b"\xff\xd8\xff"]).flatmap(
+            lambda magic: st.binary(max_size=64).map(lambda rest: magic + rest)),
+        st.just(corrupt_png()), st.just(bomb_png()))
+
+
+def test_hostile_bytes_mixed_into_a_batch_never_change_a_good_items_output(cached_run,
+                                                                           loaded):
+    """Property: whatever bytes share a batch with good images, the graph answers, and the
+    good images' outputs are bit-for-bit those they get alone."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    result, _ = cached_run
+    goods = val_files(result)[:2]
+    fn = loaded.signatures[SERVING_DEFAULT]
+    reference = fn(image_bytes=tf.constant(goods))
+
+    @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(_mutations(goods[0]), min_size=1, max_size=3), st.randoms())
+    def check(bad, rnd):
+        batch = [(g, True) for g in goods] + [(b, False) for b in bad]
+        rnd.shuffle(batch)
+        goods_first = sorted(range(len(batch)), key=lambda i: not batch[i][1])
+        out = fn(image_bytes=tf.constant([b for b, _ in batch]))
+        good_at = [i for i in goods_first if batch[i][1]]
+        order = [goods.index(batch[i][0]) for i in good_at]
+        for key in ("scores", "score", "label"):
+            assert np.array_equal(out[key].numpy()[good_at],
+                                  reference[key].numpy()[order]), key
+        for i, (_, is_good) in enumerate(batch):
+            error = out["error"].numpy()[i]
+            if error:  # reported bad: nothing else said about it
+                assert not out["scores"].numpy()[i].any() and out["label"].numpy()[i] == b""
+            else:  # it decoded after all (a flipped byte JPEG tolerates): a real answer
+                assert abs(out["scores"].numpy()[i].sum() - 1) < 1e-4, is_good
+
+    check()

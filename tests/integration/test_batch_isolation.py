@@ -1,0 +1,157 @@
+"""One client's bad image never fails another client's request, under TF Serving's batching
+semantics: a batched run that fails fails every request merged into it
+(tensorflow_serving/batching/batching_session.cc, BatchingSession::ProcessBatch, which gives
+every task of the batch the one status of the run). `serving local` batches the same way, so
+the exported graph has to report bad images per item instead of failing the run.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from tests.integration.conftest import http
+from tools.model_server import LocalServer
+
+pytestmark = pytest.mark.slow
+TIMEOUT = 120
+# Requests arriving within 400 ms ride in one batch, so "at the same instant" is reliable.
+GATHERING = "max_batch_size { value: 32 }\nbatch_timeout_micros { value: 400000 }\n" \
+            "max_enqueued_batches { value: 8 }\nnum_batch_threads { value: 1 }\n"
+
+
+def batching_server(tmp_path, base_path, name) -> LocalServer:
+    config = tmp_path / "batching.config"
+    config.write_text(GATHERING)
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text("prometheus_config { enable: true path: \"/metrics\" }\n")
+    return LocalServer(["--model-name", name, "--model-base-path", str(base_path),
+                        "--enable-batching", "--batching-parameters-file", str(config),
+                        "--monitoring-config-file", str(monitoring)],
+                       tmp_path / "server.log").start(wait_for_model=name)
+
+
+def at_once(calls: list) -> list:
+    """Run every call at the same instant (a barrier), return results or exceptions."""
+    barrier = threading.Barrier(len(calls))
+
+    def run(call):
+        barrier.wait()
+        try:
+            return call()
+        except Exception as e:  # the test inspects it
+            return e
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+def largest_batch(server: LocalServer) -> float:
+    _, _, page = http("GET", f"{server.rest_url}/metrics")
+    sizes = [float(line.split('le="')[1].split('"')[0]) for line in page.splitlines()
+             if line.startswith(":tensorflow:serving:batching_session:processed_batch_size_"
+                                "bucket") and not line.endswith(" 0")
+             and 'le="+Inf"' not in line]
+    return min(sizes) if sizes else 0  # the smallest bucket holding every batch
+
+
+@pytest.fixture(scope="module")
+def gathering_server(tiny_model, tmp_path_factory):
+    srv = batching_server(tmp_path_factory.mktemp("gathering"), tiny_model.base_path, "tiny")
+    yield srv
+    assert srv.stop() == 0
+
+
+def test_one_bad_image_and_five_good_requests_at_once_over_rest(gathering_server, tiny_model):
+    goods = tiny_model.files[:5]
+    url = f"{gathering_server.rest_url}/v1/models/tiny:predict"
+
+    def post(data: bytes):
+        return lambda: requests.post(url, timeout=TIMEOUT, json={
+            "instances": [{"b64": base64.b64encode(data).decode()}]})
+
+    responses = at_once([post(b"this is not an image")] + [post(d) for _, d in goods])
+    assert [r.status_code for r in responses] == [200] * 6, [r.text[:200] for r in responses]
+    [bad] = responses[0].json()["predictions"]
+    assert bad["error"] == "not a JPEG/PNG/GIF/BMP image" and bad["label"] == ""
+    for (path, _), response in zip(goods, responses[1:], strict=True):
+        [p] = response.json()["predictions"]
+        assert p["error"] == ""
+        assert p["label"] == tiny_model.classes[int(np.argmax(tiny_model.expected[path]))]
+        np.testing.assert_allclose(p["scores"], tiny_model.expected[path], atol=1e-5)
+    assert largest_batch(gathering_server) >= 4  # they really ran as one batch
+
+
+def test_one_bad_image_and_five_good_requests_at_once_over_grpc(gathering_server, tiny_model):
+    goods = tiny_model.files[5:10]
+    with grpc.insecure_channel(gathering_server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+        def predict(data: bytes):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "tiny"
+            request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([data]))
+            return lambda: stub.Predict(request, timeout=TIMEOUT)
+
+        bad_bytes = goods[0][1][:40]  # a JPEG cut short: its header is fine, its data is not
+        responses = at_once([predict(bad_bytes)] + [predict(d) for _, d in goods])
+    assert not [r for r in responses if isinstance(r, Exception)], responses
+    outputs = [{k: tf.make_ndarray(v) for k, v in r.outputs.items()} for r in responses]
+    assert outputs[0]["error"][0] == b"truncated or corrupt image"
+    for (path, _), out in zip(goods, outputs[1:], strict=True):
+        assert out["error"][0] == b""
+        np.testing.assert_allclose(out["scores"][0], tiny_model.expected[path], atol=1e-5)
+
+    # The same mixed batch straight into the SavedModel's signature, in process, gives the
+    # same outputs as the server's merged batch did.
+    loaded = tf.saved_model.load(str(tiny_model.version_dir))
+    direct = loaded.signatures["serving_default"](
+        image_bytes=tf.constant([bad_bytes] + [d for _, d in goods]))
+    for i, out in enumerate(outputs):
+        assert out["error"][0] == direct["error"].numpy()[i]
+        assert out["label"][0] == direct["label"].numpy()[i]
+        np.testing.assert_allclose(out["scores"][0], direct["scores"].numpy()[i], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def fragile_model(tmp_path_factory):
+    """A SavedModel whose run fails on any negative input: what the VGG16 graph did on an
+    undecodable image before it reported bad images per item."""
+    base = tmp_path_factory.mktemp("fragile") / "fragile"
+
+    class Fragile(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x):
+            check = tf.debugging.assert_non_negative(x, message="negative input")
+            with tf.control_dependencies([check]):
+                return {"y": tf.identity(x) * 2}
+
+    module = Fragile()
+    tf.saved_model.save(module, str(base / "1"), signatures={"serving_default": module.serve})
+    return base
+
+
+def test_a_failed_batched_run_fails_every_request_in_it_as_tf_serving_does(fragile_model,
+                                                                           tmp_path):
+    srv = batching_server(tmp_path, fragile_model, "fragile")
+    url = f"{srv.rest_url}/v1/models/fragile:predict"
+    try:
+        def post(value: float):
+            return lambda: requests.post(url, json={"instances": [value]}, timeout=TIMEOUT)
+
+        responses = at_once([post(-1.0), post(1.0), post(2.0), post(3.0)])
+        assert [r.status_code for r in responses] == [400] * 4, [r.text for r in responses]
+        assert all("negative input" in r.json()["error"] for r in responses)
+        # Alone, the same good requests succeed: it was the batch that failed them.
+        assert requests.post(url, json={"instances": [1.0]}, timeout=TIMEOUT).json() == \
+            {"predictions": [2.0]}
+    finally:
+        assert srv.stop() == 0
