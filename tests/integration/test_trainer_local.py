@@ -12,6 +12,7 @@ from PIL import Image
 from tests.conftest import TINY
 from trainer.config import TrainConfig
 from trainer.export import CLASSIFY, PREDICT_IMAGES, SERVING_DEFAULT, WARMUP_FILE
+from trainer.image_formats import ERROR_NOT_AN_IMAGE
 from trainer.job import REPORT_SUBDIR, run
 from trainer.manifest import MANIFEST_FILE, parse_manifest, sha256_file
 from trainer.preprocessing import decode_and_resize
@@ -134,6 +135,16 @@ def test_a_bad_image_is_reported_per_item_and_never_fails_the_batch(cached_run, 
     for i in (0, 2, 3, len(mixed) - 2, len(mixed) - 1):
         assert out["label"].numpy()[i] == b"" and out["score"].numpy()[i] == 0
         assert not out["scores"].numpy()[i].any()  # all zero: no good item can be (sum 1)
+    # Odd but good images are images: an animated GIF (first frame) and a CMYK JPEG.
+    import io
+
+    frames = [Image.new("RGB", (50, 40), c) for c in ((200, 0, 0), (0, 200, 0))]
+    gif, cmyk = io.BytesIO(), io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    Image.new("RGB", (60, 40), (0, 90, 200)).convert("CMYK").save(cmyk, "JPEG")
+    odd = fn(image_bytes=tf.constant([gif.getvalue(), cmyk.getvalue(), b"junk"]))
+    assert [e.decode() for e in odd["error"].numpy()] == ["", "", ERROR_NOT_AN_IMAGE]
+    np.testing.assert_allclose(odd["scores"].numpy()[:2].sum(axis=1), 1, atol=1e-5)
     # Only bad images: still an answer, not an error.
     only_bad = fn(image_bytes=tf.constant(bad[:2]))
     assert [e.decode() for e in only_bad["error"].numpy()] == ["not a JPEG/PNG/GIF/BMP image"] * 2
