@@ -35,7 +35,10 @@ from serving.status import status_response
 from serving.tensor_proto import ndarray_to_proto
 
 log = logging.getLogger(__name__)
-SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+# The names TF Serving's health service knows (model_servers/server.cc, with
+# --enable_grpc_healthcheck_service): "" and these two, unqualified. A probe naming
+# "tensorflow.serving.PredictionService" gets NOT_FOUND from both servers.
+HEALTH_SERVICES = ("", "ModelService", "PredictionService")
 # TF Serving sets the server's message limit to INT32_MAX; the limit is the client's.
 MAX_MESSAGE_BYTES = 2**31 - 1
 
@@ -149,8 +152,13 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     def GetModelStatus(self, request, context):
         with _Call(self.metrics, context, None, request):
-            ref = _ref(request)
-            return status_response(self.manager, ref.name, ref.version)
+            # An empty name is NOT_FOUND here, not INVALID_ARGUMENT as for Predict
+            # (model_servers/get_model_status_impl.cc looks the name up as given).
+            if not request.HasField("model_spec"):
+                raise invalid_argument("Missing ModelSpec")
+            spec = request.model_spec
+            version = spec.version.value if spec.HasField("version") else None
+            return status_response(self.manager, spec.name, version)
 
     def HandleReloadConfigRequest(self, request, context):
         with _Call(self.metrics, context, None, request):
@@ -170,7 +178,7 @@ def build_server(manager: ModelManager, inference: Inference, metrics: Metrics, 
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, metrics),
                                                               server)
     health_servicer = health.HealthServicer()
-    for service in ("", *SERVICES):
+    for service in HEALTH_SERVICES:
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2
 from serving import config as cfg
 from serving import defaults
 from serving.batching import Batcher
-from serving.grpc_service import build_server
+from serving.grpc_service import HEALTH_SERVICES, build_server
 from serving.inference import Inference, replay_warmup
 from serving.manager import ModelManager
 from serving.metrics import Metrics
@@ -92,8 +92,7 @@ def serve(options: ServerOptions) -> int:
     def begin_shutdown() -> None:
         """Both servers stop accepting at once; in-flight requests get the grace period."""
         log.info("shutting down: refusing new requests, finishing in-flight ones")
-        for service in ("", "tensorflow.serving.PredictionService",
-                        "tensorflow.serving.ModelService"):
+        for service in HEALTH_SERVICES:
             health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         stopped.append(grpc_server.stop(SHUTDOWN_GRACE_S))
 

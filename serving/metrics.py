@@ -8,17 +8,29 @@ So dashboards built for `tensorflow/serving` work against the development server
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 
+def _tf_bucket(value: float) -> float:
+    """TF's histogram counts a value in the first bucket whose limit is *greater* than it
+    (std::upper_bound); Prometheus' client in the first whose limit is greater or equal.
+    Nudging the value up by one ulp makes a value equal to a limit (a batch of exactly 8)
+    land where TF Serving puts it."""
+    return math.nextafter(value, math.inf)
+
+
 def _exponential(scale: float, growth: float, count: int) -> list[float]:
-    """monitoring::Buckets::Exponential(scale, growth, count) limits."""
-    return [scale * growth ** i for i in range(count - 1)]
+    """monitoring::Buckets::Exponential(scale, growth, count): `count` finite limits
+    (tsl/lib/monitoring/sampler.cc); the histogram adds DBL_MAX, rendered as +Inf."""
+    return [scale * growth ** i for i in range(count)]
 
 
-REQUEST_LATENCY_BUCKETS = _exponential(10, 1.8, 33)  # microseconds, up to ~20 minutes
-QUEUING_LATENCY_BUCKETS = _exponential(100, 1.2, 52)  # microseconds, up to ~1 second
-BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+# The buckets TF Serving 2.20 declares for each metric:
+REQUEST_LATENCY_BUCKETS = _exponential(10, 1.8, 33)  # µs; servables/tensorflow/util.cc
+QUEUING_LATENCY_BUCKETS = _exponential(100, 1.2, 52)  # µs; batching/batching_session.cc
+BATCH_SIZE_BUCKETS = _exponential(1, 2, 14)  # 1..8192; batching/batching_util.h
 
 
 class Metrics:
@@ -54,19 +66,27 @@ class Metrics:
 
     def request(self, model_name: str, api: str, entrypoint: str, status: str,
                 seconds: float) -> None:
+        """A request: counted with its status; its latency only when it succeeded (TF
+        Serving records latency for OK responses only: http_server.cc, and the gRPC
+        PredictionServiceImpl)."""
         self.request_count.labels(model_name, status).inc()
-        self.request_latency.labels(model_name, api, entrypoint).observe(seconds * 1e6)
+        if status == "OK":
+            self.request_latency.labels(model_name, api, entrypoint).observe(
+                _tf_bucket(seconds * 1e6))
+
+    def request_count_only(self, model_name: str, status: str) -> None:
+        self.request_count.labels(model_name, status).inc()
 
     def batch_input(self, size: int) -> None:
-        self.input_batch_size.observe(size)
+        self.input_batch_size.observe(_tf_bucket(size))
 
     def batch_processed(self, padded: int, real: int, pool: str,
                         waits: list[float]) -> None:
-        self.processed_batch_size.observe(padded)
-        self.padding_size.labels(str(padded)).observe(padded - real)
+        self.processed_batch_size.observe(_tf_bucket(padded))
+        self.padding_size.labels(str(padded)).observe(_tf_bucket(padded - real))
         self.wrapped_run_count.inc()
         for wait in waits:
-            self.queuing_latency.labels(pool).observe(wait * 1e6)
+            self.queuing_latency.labels(pool).observe(_tf_bucket(wait * 1e6))
 
     def render(self) -> str:
         """The page TF Serving's PrometheusExporter would write."""
@@ -82,7 +102,7 @@ class Metrics:
                 if not any(s.name.endswith("_count") for s in samples):
                     continue
                 lines.append(f"# TYPE {family.name} histogram")
-                lines += [f"{s.name}{_labels(s.labels)} {_number(s.value)}" for s in samples]
+                lines += [_histogram_line(s) for s in _sum_before_count(samples)]
         return "\n".join(lines) + "\n"
 
 
@@ -96,5 +116,27 @@ def _labels(labels: dict[str, str]) -> str:
     return "{" + ",".join(parts) + "}"
 
 
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+def _six_digits(value: float) -> str:
+    """absl::StrCat(double): six significant digits, as TF Serving's exporter prints bucket
+    limits and sums (util/prometheus_exporter.cc)."""
+    return f"{value:.6g}"
+
+
+def _sum_before_count(samples: list) -> list:
+    """TF Serving writes each label set's buckets, then _sum, then _count."""
+    ordered = list(samples)
+    for i in range(len(ordered) - 1):
+        if ordered[i].name.endswith("_count") and ordered[i + 1].name.endswith("_sum"):
+            ordered[i], ordered[i + 1] = ordered[i + 1], ordered[i]
+    return ordered
+
+
+def _histogram_line(sample) -> str:
+    labels = dict(sample.labels)
+    if sample.name.endswith("_bucket"):
+        le = labels.pop("le")
+        labels["le"] = le if le == "+Inf" else _six_digits(float(le))
+        return f"{sample.name}{_labels(labels)} {int(sample.value)}"
+    if sample.name.endswith("_sum"):
+        return f"{sample.name}{_labels(labels)} {_six_digits(sample.value)}"
+    return f"{sample.name}{_labels(labels)} {int(sample.value)}"

@@ -73,9 +73,9 @@ class RestApi:
         if request.method == "OPTIONS":
             return self._preflight(request)
         started = time.perf_counter()
-        model = verb = None
+        model, api = "", ""
         try:
-            call, ref, verb = self._route(request.method, path)
+            call, ref, api = self._route(request.method, path)
             model = ref.name
             body = await request.read() if request.method == "POST" else b""
             text = await asyncio.get_running_loop().run_in_executor(
@@ -83,38 +83,44 @@ class RestApi:
         except web.HTTPRequestEntityTooLarge:
             error = ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, "Request body larger "
                                  f"than the server's limit of {self.max_body_bytes} bytes")
+            self.metrics.request_count_only(model, error.code_name)
             return self._error(error, status=413)
         except ServingError as e:
-            if verb:
-                self.metrics.request(model, verb, "REST", e.code_name,
-                                     time.perf_counter() - started)
+            self.metrics.request_count_only(model, e.code_name)
             return self._error(e)
         except Exception as e:  # a bug: keep the server up, answer like TF Serving's INTERNAL
             log.exception("unexpected error handling %s %s", request.method, path)
-            if verb:
-                self.metrics.request(model, verb, "REST", "INTERNAL",
-                                     time.perf_counter() - started)
+            self.metrics.request_count_only(model, "INTERNAL")
             return self._error(ServingError(grpc.StatusCode.INTERNAL, str(e)))
-        if verb:
-            self.metrics.request(model, verb, "REST", "OK", time.perf_counter() - started)
+        # As TF Serving's HTTP server (model_servers/http_server.cc, ProcessRequest): every
+        # request that reaches the API handler is counted, status GETs included; latency is
+        # recorded only for a 200, under the REST verb ("" for GETs).
+        self.metrics.request(model, api, "REST", "OK", time.perf_counter() - started)
         return web.Response(text=text, content_type=JSON)
 
     def _route(self, method: str, path: str):
-        """(function, model reference, API verb for metrics or None) for a request path."""
+        """(function, model reference, API verb for metrics) for a request path.
+
+        The path grammar is case-insensitive, but the verb is dispatched exactly, as in TF
+        Serving (http_rest_api_util.cc, http_rest_api_handler.cc): `:PREDICT` matches the
+        path and then falls through to "Malformed request", a 400.
+        """
+        malformed = invalid_argument(f"Malformed request: {method} {path}")
         if method == "POST" and (m := _POST.fullmatch(path)):
             name, version, label, verb = m.groups()
-            verb = verb.lower()
+            if verb == "regress":
+                raise unimplemented("Regress is not implemented by the development server")
             call = {"predict": self._predict, "classify": self._classify}.get(verb)
             if call is None:
-                raise unimplemented("Regress is not implemented by the development server")
+                raise malformed
             return call, self._ref(name, version, label), verb
         if method == "GET" and (m := _GET.fullmatch(path)):
             name, version, label, metadata = m.groups()
             if not name:
                 raise invalid_argument("Missing model name in request.")
             call = self._metadata if metadata else self._status
-            return call, self._ref(name, version, label), None
-        raise invalid_argument(f"Malformed request: {method} {path}")
+            return call, self._ref(name, version, label), ""
+        raise malformed
 
     @staticmethod
     def _ref(name: str, version: str | None, label: str | None) -> ModelRef:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import math
 import re
@@ -27,9 +28,6 @@ INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
-FLOAT32_MAX_INT = 2**24 - 1
-FLOAT64_MAX_INT = 2**53 - 1
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 # ---------------------------------------------------------------------------------------
@@ -91,9 +89,149 @@ def dumps(value, indent: int | None = None, _level: int = 0) -> str:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
+MAX_DEBUG_STRING_BYTES = 256  # kMaxJsonDebugStringBytes
+
+
 def value_string(value) -> str:
-    """JsonValueToString(): how TF Serving quotes a JSON value in an error message."""
-    return dumps(value, indent=4)
+    """JsonValueToDebugString() (util/json_tensor.cc, TF Serving >= 2.18): how a JSON value
+    is quoted in an error message. rapidjson's PrettyWriter (4-space indent) with
+    kFormatSingleLineArray, behind a writer that stops at the first token it is handed once
+    256 bytes are written (the token before the limit is written whole, so one huge string
+    still comes out entire, as in TF Serving). NaN and infinities stop it too (rapidjson
+    refuses to write them without kWriteNanAndInfFlag). The output may be cut mid-JSON."""
+    return _DebugWriter().write(value)
+
+
+class _Stop(Exception):
+    pass
+
+
+class _DebugWriter:
+    def __init__(self):
+        self.out: list[str] = []
+        self.size = 0
+        self.levels: list[list] = []  # [in_array, value_count]
+
+    def _put(self, text: str) -> None:
+        self.out.append(text)
+        self.size += len(text.encode("utf-8"))
+
+    def _indent(self) -> None:
+        self._put(" " * (4 * len(self.levels)))
+
+    def _prefix(self) -> None:  # PrettyWriter::PrettyPrefix
+        if self.levels:
+            level = self.levels[-1]
+            if level[0]:  # in an array, single-line format
+                if level[1] > 0:
+                    self._put(", ")
+            else:
+                if level[1] > 0:
+                    self._put(",\n" if level[1] % 2 == 0 else ": ")
+                else:
+                    self._put("\n")
+                if level[1] % 2 == 0:
+                    self._indent()
+            level[1] += 1
+
+    def _token(self) -> None:
+        if self.size >= MAX_DEBUG_STRING_BYTES:  # JsonWriterWithLimit::InLimit
+            raise _Stop
+
+    def _scalar(self, text: str) -> None:
+        self._token()
+        self._prefix()
+        self._put(text)
+
+    def _value(self, value) -> None:
+        if isinstance(value, dict):
+            self._token()
+            self._prefix()
+            self._put("{")
+            self.levels.append([False, 0])
+            for key, item in value.items():
+                self._scalar(_rapidjson_string(str(key)))
+                self._value(item)
+            self._token()
+            empty = self.levels.pop()[1] == 0
+            if not empty:
+                self._put("\n")
+                self._indent()
+            self._put("}")
+        elif isinstance(value, list):
+            self._token()
+            self._prefix()
+            self._put("[")
+            self.levels.append([True, 0])
+            for item in value:
+                self._value(item)
+            self._token()
+            self.levels.pop()
+            self._put("]")
+        elif value is None:
+            self._scalar("null")
+        elif isinstance(value, bool):
+            self._scalar("true" if value else "false")
+        elif isinstance(value, int) and -(2**63) <= value < 2**64:
+            self._scalar(str(value))
+        elif isinstance(value, int | float):
+            if not math.isfinite(float(value)):
+                self._token()
+                raise _Stop  # rapidjson's Writer::Double refuses NaN and infinities
+            self._scalar(_rapidjson_double(float(value)))
+        else:
+            self._scalar(_rapidjson_string(str(value)))
+
+    def write(self, value) -> str:
+        with contextlib.suppress(_Stop):
+            self._value(value)
+        return "".join(self.out)
+
+
+def _rapidjson_string(text: str) -> str:
+    """Writer::WriteString: backspace, form feed, newline, return, tab, quote and
+    backslash as short escapes, other control characters as u-escapes with upper-case
+    hex; everything else, non-ASCII included, as is."""
+    short = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"',
+             "\\": "\\\\"}
+    out = []
+    for ch in text:
+        if ch in short:
+            out.append(short[ch])
+        elif ord(ch) < 0x20:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _rapidjson_double(value: float) -> str:
+    """Writer::Double (internal::dtoa + Prettify): the shortest round-trip digits, written
+    "123.0", "0.001", "1e30" or "1.5e-7" as rapidjson chooses."""
+    if value == 0:
+        return "-0.0" if math.copysign(1, value) < 0 else "0.0"
+    sign = "-" if value < 0 else ""
+    mantissa, _, exponent = repr(abs(value)).partition("e")  # shortest round-trip digits
+    whole, _, frac = mantissa.partition(".")
+    frac = frac.rstrip("0")
+    digits = (whole + frac).lstrip("0")
+    k = int(exponent or 0) - len(frac)  # value == int(digits) * 10**k
+    trimmed = digits.rstrip("0")
+    k += len(digits) - len(trimmed)
+    digits = trimmed
+    length = len(digits)
+    kk = length + k
+    if k >= 0 and kk <= 21:
+        text = digits + "0" * k + ".0"
+    elif 0 < kk <= 21:
+        text = digits[:kk] + "." + digits[kk:]
+    elif -6 < kk <= 0:
+        text = "0." + "0" * -kk + digits
+    elif length == 1:
+        text = digits + "e" + str(kk - 1)
+    else:
+        text = digits[0] + "." + digits[1:] + "e" + str(kk - 1)
+    return sign + text
 
 
 def error_body(message: str) -> str:
@@ -121,7 +259,13 @@ def parse_json(body: bytes) -> dict:
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
     try:
-        doc = json.loads(body)
+        # Bytes after the root value are ignored, as rapidjson's kParseStopWhenDoneFlag does
+        # in TF Serving (util/json_tensor.cc).
+        text = body.decode("utf-8")
+        start = len(text) - len(text.lstrip(" \t\n\r"))
+        if start == len(text):
+            raise invalid_argument("JSON Parse error: The document is empty")
+        doc, _end = json.JSONDecoder().raw_decode(text, start)
     except json.JSONDecodeError as e:
         message = next((m for pattern, m in _PY_TO_RAPIDJSON if pattern.match(e.msg)),
                        "Unspecific syntax error.")
@@ -186,24 +330,13 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _lossless(value, float32: bool) -> bool:
-    """IsLosslessDecimal(): ints must fit the mantissa; doubles must fit the range."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return True
-    if _is_int(value):
-        return abs(value) <= (FLOAT32_MAX_INT if float32 else FLOAT64_MAX_INT)
-    return not float32 or -FLOAT32_MAX <= value <= FLOAT32_MAX
-
-
 def _scalar(value, dtype: int):
     """AddValueToTensor(): one JSON scalar as a value of `dtype`, or TF Serving's error."""
     if dtype in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE):
         if not (_is_int(value) or isinstance(value, float)):
             raise _type_error(value, dtype)
-        if not _lossless(value, dtype == types_pb2.DT_FLOAT):
-            target = "float" if dtype == types_pb2.DT_FLOAT else "double"
-            raise invalid_argument(f"Cannot convert JSON value: {value_string(value)} to "
-                                   f"{target} without loss of precision.")
+        # No precision check: TF Serving dropped its "lossy float" check in 2.5; a value a
+        # float cannot hold becomes the nearest one (infinity beyond its range).
         return float(value)
     if dtype in (types_pb2.DT_INT32, types_pb2.DT_INT16, types_pb2.DT_INT8,
                  types_pb2.DT_UINT8):
@@ -284,7 +417,8 @@ def _tensor(value, dtype: int) -> tuple[np.ndarray, list[int]]:
     np_dtype = _NUMPY.get(dtype, object)
     array = np.empty(len(out), dtype=np_dtype)
     if len(out):
-        array[:] = out
+        with np.errstate(over="ignore"):  # a double beyond float's range becomes infinity
+            array[:] = out
     return array.reshape(shape), shape
 
 
@@ -412,9 +546,6 @@ def _add_feature_value(value, name: str, feature: feature_pb2.Feature) -> None:
         feature.bytes_list.value.append(value.encode("utf-8"))
     elif isinstance(value, float):
         need("float_list")
-        if not _lossless(value, True):
-            raise invalid_argument(f"Cannot convert JSON value: {value_string(value)} to float "
-                                   "without loss of precision.")
         feature.float_list.value.append(value)
     else:
         need("int64_list")

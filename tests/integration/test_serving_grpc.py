@@ -128,12 +128,17 @@ def test_metadata_and_status(predict, models):
         (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
 
 
-def test_health_service(channel):
+def test_health_service_names_are_tf_servings(channel):
+    """model_servers/server.cc registers "" (the default), "ModelService" and
+    "PredictionService", unqualified; any other name is NOT_FOUND there, and here."""
     health = health_pb2_grpc.HealthStub(channel)
-    for service in ("", "tensorflow.serving.PredictionService",
-                    "tensorflow.serving.ModelService"):
+    for service in ("", "PredictionService", "ModelService"):
         response = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
         assert response.status == health_pb2.HealthCheckResponse.SERVING
+    for service in ("tensorflow.serving.PredictionService", "nope"):
+        with pytest.raises(grpc.RpcError) as error:
+            health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def _bad_tensor_request() -> predict_pb2.PredictRequest:
@@ -158,7 +163,8 @@ def _status_request(name, version=None):
     "unknown model", "unknown version", "unknown label", "unknown signature",
     "wrong alias", "extra input", "wrong dtype", "bad output filter", "duplicate filter",
     "bad tensor proto", "no model spec", "classify default signature",
-    "classify empty input", "status unknown model", "status unknown version",
+    "classify empty input", "status unknown model", "status empty name",
+    "status unknown version",
     "metadata without field", "regress", "multi inference",
 ])
 def test_error_codes(predict, models, tiny_model, case):
@@ -211,6 +217,9 @@ def test_error_codes(predict, models, tiny_model, case):
     elif case == "classify empty input":
         call, request = predict.Classify, classify_request([])
         expected = (c.INVALID_ARGUMENT, "Input is empty.")
+    elif case == "status empty name":  # get_model_status_impl.cc: NOT_FOUND, not INVALID
+        call, request = models.GetModelStatus, _status_request("")
+        expected = (c.NOT_FOUND, "Could not find any versions of model ")
     elif case == "status unknown model":
         call, request = models.GetModelStatus, _status_request("nope")
         expected = (c.NOT_FOUND, "Could not find any versions of model nope")

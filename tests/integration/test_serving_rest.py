@@ -154,6 +154,10 @@ NOT_AN_IMAGE = b64(b"this is not an image")
     ("POST", "/v1/models/tiny:classify", {"signature_name": "classify"}, 400,
      "When method is classify, key 'examples' is expected and was not found"),
     ("POST", "/v1/models/tiny:regress", {"examples": [{}]}, 501, "not implemented"),
+    # The path grammar is case-insensitive, the verb dispatch is not (http_rest_api_util.cc,
+    # http_rest_api_handler.cc): a 400, as from TF Serving.
+    ("POST", "/v1/models/tiny:PREDICT", {"instances": [1]}, 400,
+     "Malformed request: POST /v1/models/tiny:PREDICT"),
     ("GET", "/v1/models", None, 400, "Missing model name in request."),
     ("GET", "/v1/models/tiny:predict", None, 400, "Malformed request: GET /v1/models/tiny:predict"),
     ("POST", "/v1/models/tiny/metadata", "{}", 400, "Malformed request: POST"),
@@ -187,6 +191,42 @@ def test_cors_preflight(server):
     assert status == 200 and headers["Access-Control-Allow-Methods"] == "POST, GET"
     status, _, text = http("OPTIONS", url(server, "/v1/models/tiny:predict"))
     assert status == 400 and "Origin header is missing" in text
+
+
+def test_bytes_after_the_json_body_are_ignored(server, tiny_model):
+    """util/json_tensor.cc parses with kParseStopWhenDoneFlag."""
+    _, data = tiny_model.files[0]
+    body = json.dumps({"instances": [b64(data)]}) + "\n# and then anything"
+    status, _, text = http("POST", url(server, "/v1/models/tiny:predict"), body)
+    assert status == 200, text
+
+
+def metric_value(page: str, line_prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+               if line.startswith(line_prefix))
+
+
+def test_request_counts_and_latencies_follow_tf_serving(server):
+    """model_servers/http_server.cc: every REST request reaching the handler is counted
+    (status GETs too); latency is recorded only for a 200."""
+    page = lambda: http("GET", url(server, "/monitoring/prometheus/metrics"))[2]  # noqa: E731
+    ok_count = ':tensorflow:serving:request_count{model_name="tiny",status="OK"}'
+    bad_count = ':tensorflow:serving:request_count{model_name="tiny",status="INVALID_ARGUMENT"}'
+    get_latency = ':tensorflow:serving:request_latency_count{model_name="tiny",API="",' \
+                  'entrypoint="REST"}'
+    predict_latency = ':tensorflow:serving:request_latency_count{model_name="tiny",' \
+                      'API="predict",entrypoint="REST"}'
+    before = page()
+    assert http("GET", url(server, "/v1/models/tiny"))[0] == 200
+    assert http_json("POST", url(server, "/v1/models/tiny:predict"), {"instances": [1]})[0] \
+        == 400
+    after = page()
+    assert metric_value(after, ok_count) == metric_value(before, ok_count) + 1
+    assert metric_value(after, bad_count) == metric_value(before, bad_count) + 1
+    assert metric_value(after, get_latency) == metric_value(before, get_latency) + 1
+    assert metric_value(after, predict_latency) == metric_value(before, predict_latency)
+    # Buckets as TF Serving declares them: batch sizes 1..8192, latencies from 10 µs by 1.8.
+    assert 'le="1.27482e+06"' in after and 'le="+Inf"' in after
 
 
 def test_prometheus_metrics_use_tf_serving_names(server, tiny_model):
