@@ -18,10 +18,18 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+import grpc
 import numpy as np
 
 from serving.config import BatchingOptions
-from serving.errors import ServingError, failed_precondition, invalid_argument, unavailable
+from serving.errors import (
+    QUEUE_TIMED_OUT,
+    ServingError,
+    deadline_exceeded,
+    failed_precondition,
+    invalid_argument,
+    unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +38,7 @@ log = logging.getLogger(__name__)
 class _Task:
     inputs: dict[str, np.ndarray]
     size: int
+    deadline: float | None = None  # time.monotonic() by which it must be answered
     enqueued: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
 
@@ -54,7 +63,8 @@ class Batcher:
         for t in self._threads:
             t.start()
 
-    def run(self, servable, signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, servable, signature, inputs: dict[str, np.ndarray],
+            deadline: float | None = None) -> dict[str, np.ndarray]:
         sizes = {v.shape[0] if v.ndim else -1 for v in inputs.values()}
         if len(sizes) != 1 or -1 in sizes:
             raise invalid_argument("Batching session Run() input tensors must have equal "
@@ -65,7 +75,7 @@ class Batcher:
             raise invalid_argument(f"Task size {size} is larger than maximum input batch size "
                                    f"{limit}")
         servable.validate(signature, inputs)  # a bad request must not join a batch
-        task = _Task(inputs, size)
+        task = _Task(inputs, size, deadline)
         key = (id(servable), signature.name)
         with self._cond:
             queue = self._queues.get(key)
@@ -130,6 +140,16 @@ class Batcher:
 
     def _execute(self, queue: _Queue, batch: list[_Task]) -> None:
         started = time.monotonic()
+        # As TF Serving (batching/batching_session.cc, ProcessBatch): a batch whose tasks
+        # all waited past their deadlines fails without running; otherwise it runs with the
+        # latest deadline among its live tasks (none if any task has none).
+        live = [t.deadline for t in batch if t.deadline is None or t.deadline > started]
+        if not live:
+            error = ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, QUEUE_TIMED_OUT)
+            for t in batch:
+                t.future.set_exception(error)
+            return
+        batch_deadline = None if None in live else max(live)
         try:
             merged = _merge([t.inputs for t in batch])
             total = sum(t.size for t in batch)
@@ -138,6 +158,8 @@ class Batcher:
                 merged = {k: np.concatenate([v, np.repeat(v[:1], padded - total, axis=0)])
                           for k, v in merged.items()}
             outputs = queue.servable.run(queue.signature, merged)
+            if batch_deadline is not None and time.monotonic() > batch_deadline:
+                raise deadline_exceeded()
             for name, value in outputs.items():
                 if value.ndim == 0 or value.shape[0] != padded:
                     raise invalid_argument(f"Batched output tensor {name} has 0th dimension "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 import click
@@ -15,35 +17,80 @@ def cli() -> None:
     """Serve, pull and query VGG16 transfer models with TensorFlow Serving's API."""
 
 
-@cli.command()
-@click.option("--model-name", envvar="MODEL_NAME", help="Name of the model to serve "
-              "(ignored with --model-config-file).")
-@click.option("--model-base-path", envvar="MODEL_BASE_PATH",
-              help="Folder holding numbered version folders of the model (local path).")
-@click.option("--port", type=int, default=defaults.GRPC_PORT, envvar="GRPC_PORT", help="gRPC port.")
-@click.option("--rest-api-port", type=int, default=defaults.REST_API_PORT,
-              envvar="REST_API_PORT",
-              help="REST port (0 disables REST).")
-@click.option("--host", default=defaults.HOST, envvar="SERVING_HOST",
-              help="Address to bind (containers pass 0.0.0.0).")
-@click.option("--model-config-file", type=click.Path(dir_okay=False), envvar="MODEL_CONFIG_FILE",
-              help="TF Serving ModelServerConfig text proto (several models, version policy, "
-                   "labels).")
-@click.option("--enable-batching", is_flag=True, envvar="ENABLE_BATCHING",
-              help="Merge concurrent requests into one model call.")
-@click.option("--batching-parameters-file", type=click.Path(dir_okay=False),
-              envvar="BATCHING_PARAMETERS_FILE",
-              help="TF Serving BatchingParameters text proto (needs --enable-batching).")
-@click.option("--monitoring-config-file", type=click.Path(dir_okay=False),
-              envvar="MONITORING_CONFIG_FILE",
-              help="TF Serving MonitoringConfig text proto (Prometheus metrics on REST).")
-@click.option("--file-system-poll-wait-seconds", type=float, default=defaults.POLL_SECONDS,
-              envvar="FILE_SYSTEM_POLL_WAIT_SECONDS",
-              help="How often to look for new versions (0: once at start).")
-@click.option("--max-request-bytes", type=int, default=defaults.MAX_REQUEST_BYTES,
-              envvar="MAX_REQUEST_BYTES", help="Largest REST request body accepted (413 above).")
-def local(**kwargs) -> None:
-    """Run the development model server: TF Serving's REST and gRPC API, without Docker."""
+def _flag(name: str, *more: str, **kw):
+    """An option under both spellings: `--rest-api-port` and TF Serving's `--rest_api_port`.
+    Booleans also take TF Serving's `--flag=true|false`."""
+    dashed = f"--{name.replace('_', '-')}"
+    names = [dashed] + ([f"--{name}"] if "_" in name else [])
+    if kw.pop("boolean", False):
+        kw.update(type=click.BOOL, is_flag=False, flag_value=True)
+    return click.option(*names, *more, name, **kw)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@_flag("model_name", help="Name of the model to serve (ignored with --model-config-file). "
+       "[env var: MODEL_NAME]")
+@_flag("model_base_path",
+       help="Folder holding the model's numbered version folders. Without it, "
+            "$MODEL_BASE_PATH/$MODEL_NAME, as in the tensorflow/serving image (there "
+            "MODEL_BASE_PATH is the parent folder).")
+@_flag("port", type=int, default=defaults.GRPC_PORT, envvar="GRPC_PORT", help="gRPC port.")
+@_flag("rest_api_port", type=int, default=defaults.REST_API_PORT, envvar="REST_API_PORT",
+       help="REST port (0 disables REST).")
+@_flag("host", default=defaults.HOST, envvar="SERVING_HOST",
+       help="Address to bind (containers pass 0.0.0.0).")
+@_flag("model_config_file", type=click.Path(dir_okay=False), envvar="MODEL_CONFIG_FILE",
+       help="TF Serving ModelServerConfig text proto (several models, version policy, "
+            "labels).")
+@_flag("enable_batching", boolean=True, default=False, envvar="ENABLE_BATCHING",
+       help="Merge concurrent requests into one model call.")
+@_flag("batching_parameters_file", type=click.Path(dir_okay=False),
+       envvar="BATCHING_PARAMETERS_FILE",
+       help="TF Serving BatchingParameters text proto (needs --enable-batching).")
+@_flag("monitoring_config_file", type=click.Path(dir_okay=False),
+       envvar="MONITORING_CONFIG_FILE",
+       help="TF Serving MonitoringConfig text proto (Prometheus metrics on REST).")
+@_flag("file_system_poll_wait_seconds", type=float, default=defaults.POLL_SECONDS,
+       envvar="FILE_SYSTEM_POLL_WAIT_SECONDS",
+       help="How often to look for new versions (0: once at start).")
+@_flag("rest_api_timeout_in_ms", type=int, default=defaults.REST_API_TIMEOUT_MS,
+       envvar="REST_API_TIMEOUT_IN_MS",
+       help="Run timeout of a REST request (0: none). gRPC calls use the client's deadline.")
+@_flag("max_num_load_retries", type=int, default=defaults.MAX_NUM_LOAD_RETRIES,
+       help="Retries of a version that fails to load, as TF Serving.")
+@_flag("load_retry_interval_micros", type=int, default=defaults.LOAD_RETRY_INTERVAL_MICROS,
+       help="Wait between load retries, in microseconds.")
+@_flag("tensorflow_intra_op_parallelism", type=int, default=0,
+       help="Threads for one op (0: TensorFlow's default).")
+@_flag("tensorflow_inter_op_parallelism", type=int, default=0,
+       help="Ops run in parallel (0: TensorFlow's default).")
+@_flag("enable_grpc_healthcheck_service", boolean=True, default=True,
+       help="The grpc.health.v1 service (on by default here; off by default in TF Serving).")
+@_flag("max_request_bytes", type=int, default=defaults.MAX_REQUEST_BYTES,
+       envvar="MAX_REQUEST_BYTES", help="Largest REST request body accepted (413 above).")
+@click.pass_context
+def local(ctx, **kwargs) -> None:
+    """Run the development model server: TF Serving's REST and gRPC API, without Docker.
+
+    Takes tensorflow_model_server's own flag spellings too (--model_name=..., --port=8500,
+    --enable_batching=true, ...); its other flags are accepted and logged as ignored."""
+    from serving.flags import TF_SERVING_FLAGS
+
+    ignored = []
+    for arg in ctx.args:
+        flag = arg.removeprefix("--").split("=", 1)[0]
+        if not arg.startswith("--") or flag not in TF_SERVING_FLAGS:
+            raise click.UsageError(f"unknown option {arg!r} (neither this server's nor "
+                                   "tensorflow_model_server's)")
+        ignored.append(arg)
+    if not kwargs["model_base_path"] and os.environ.get("MODEL_BASE_PATH"):
+        # The tensorflow/serving image's convention: the model is $MODEL_BASE_PATH/$MODEL_NAME.
+        name = kwargs["model_name"] or os.environ.get("MODEL_NAME")
+        if name:
+            kwargs["model_name"] = name
+            kwargs["model_base_path"] = os.path.join(os.environ["MODEL_BASE_PATH"], name)
+    if not kwargs["model_name"] and os.environ.get("MODEL_NAME"):
+        kwargs["model_name"] = os.environ["MODEL_NAME"]
     # Flag mistakes are reported before TensorFlow is imported (that takes seconds).
     if not kwargs["model_config_file"] and not (kwargs["model_name"] and
                                                 kwargs["model_base_path"]):
@@ -56,11 +103,14 @@ def local(**kwargs) -> None:
     from serving.logs import setup_logging
 
     setup_logging()
+    for arg in ignored:
+        logging.getLogger("serving.local").warning(
+            "%s: a tensorflow_model_server flag the development server ignores", arg)
     try:
         code = serve(ServerOptions(**kwargs))
     except ConfigError as e:
         click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
     except RuntimeError as e:  # initial load failed, as TF Serving's startup failure
         click.echo(f"error: Failed to start server. Error: UNKNOWN: {e}", err=True)
         sys.exit(1)

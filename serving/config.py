@@ -12,6 +12,7 @@ so a file TF Serving accepts is accepted here and vice versa.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from google.protobuf import (
 from tensorflow_serving.config import model_server_config_pb2
 
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+log = logging.getLogger(__name__)
 
 _F = descriptor_pb2.FieldDescriptorProto
 
@@ -43,6 +45,7 @@ def _schema_file() -> descriptor_pb2.FileDescriptorProto:
 
     one, many = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
     i64, s = ".google.protobuf.Int64Value", ".google.protobuf.StringValue"
+    b = ".google.protobuf.BoolValue"
     message("BatchingParameters", [
         ("max_batch_size", 1, _F.TYPE_MESSAGE, i64, one),
         ("batch_timeout_micros", 2, _F.TYPE_MESSAGE, i64, one),
@@ -51,6 +54,8 @@ def _schema_file() -> descriptor_pb2.FileDescriptorProto:
         ("thread_pool_name", 5, _F.TYPE_MESSAGE, s, one),
         ("allowed_batch_sizes", 6, _F.TYPE_INT64, None, many),
         ("pad_variable_length_inputs", 7, _F.TYPE_BOOL, None, one),
+        ("enable_large_batch_splitting", 8, _F.TYPE_MESSAGE, b, one),
+        ("max_execution_batch_size", 9, _F.TYPE_MESSAGE, i64, one),
     ])
     message("PrometheusConfig", [
         ("enable", 1, _F.TYPE_BOOL, None, one),
@@ -88,37 +93,52 @@ def _parse(path: str | Path, message_class, what: str):
         raise ConfigError(f"{what} {path}: {e}") from e
 
 
+# Where the file is silent, TF Serving's defaults (SharedBatchScheduler::QueueOptions;
+# num_batch_threads: the machine's parallelism).
+DEFAULT_MAX_BATCH_SIZE = 1000
+DEFAULT_BATCH_TIMEOUT_MICROS = 0
+DEFAULT_MAX_ENQUEUED_BATCHES = 10
+DEFAULT_THREAD_POOL_NAME = "batch_threads"
+# Accepted, as TF Serving accepts them, but not implemented by the development server.
+IGNORED_BATCHING_FIELDS = {
+    "pad_variable_length_inputs": "requests whose tensors differ in shape are refused "
+                                  "(FAILED_PRECONDITION) instead of padded",
+    "enable_large_batch_splitting": "a request above max_batch_size is refused, not split",
+    "max_execution_batch_size": "batches are at most max_batch_size",
+}
+
+
 @dataclass(frozen=True)
 class BatchingOptions:
-    """TF Serving's defaults (SharedBatchScheduler::QueueOptions) where the file is silent."""
-
-    max_batch_size: int = 1000
-    batch_timeout_micros: int = 0
-    max_enqueued_batches: int = 10
-    num_batch_threads: int = 4
-    thread_pool_name: str = "model_server_batch_threads"
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    batch_timeout_micros: int = DEFAULT_BATCH_TIMEOUT_MICROS
+    max_enqueued_batches: int = DEFAULT_MAX_ENQUEUED_BATCHES
+    num_batch_threads: int = 1
+    thread_pool_name: str = DEFAULT_THREAD_POOL_NAME
     allowed_batch_sizes: tuple[int, ...] = ()
 
 
 def load_batching(path: str | Path | None, cpu_count: int) -> BatchingOptions:
+    """TF Serving's BatchingParameters; every field is honoured or logged as ignored."""
     if path is None:
         return BatchingOptions(num_batch_threads=cpu_count)
     p = _parse(path, BatchingParameters, "batching parameters file")
+
+    def value(name: str, default):
+        return getattr(p, name).value if p.HasField(name) else default
+
     opts = BatchingOptions(
-        max_batch_size=p.max_batch_size.value if p.HasField("max_batch_size") else 1000,
-        batch_timeout_micros=p.batch_timeout_micros.value
-        if p.HasField("batch_timeout_micros") else 0,
-        max_enqueued_batches=p.max_enqueued_batches.value
-        if p.HasField("max_enqueued_batches") else 10,
-        num_batch_threads=p.num_batch_threads.value
-        if p.HasField("num_batch_threads") else cpu_count,
-        thread_pool_name=p.thread_pool_name.value if p.HasField("thread_pool_name")
-        else "batch_threads",
+        max_batch_size=value("max_batch_size", DEFAULT_MAX_BATCH_SIZE),
+        batch_timeout_micros=value("batch_timeout_micros", DEFAULT_BATCH_TIMEOUT_MICROS),
+        max_enqueued_batches=value("max_enqueued_batches", DEFAULT_MAX_ENQUEUED_BATCHES),
+        num_batch_threads=value("num_batch_threads", cpu_count),
+        thread_pool_name=value("thread_pool_name", DEFAULT_THREAD_POOL_NAME),
         allowed_batch_sizes=tuple(p.allowed_batch_sizes),
     )
-    if p.pad_variable_length_inputs:
-        raise ConfigError(f"{path}: pad_variable_length_inputs is not supported by the "
-                          "development server")
+    for name, effect in IGNORED_BATCHING_FIELDS.items():
+        if p.ListFields() and any(f.name == name for f, _ in p.ListFields()):
+            log.warning("%s: %s is accepted but ignored by the development server: %s",
+                        path, name, effect)
     sizes = opts.allowed_batch_sizes
     if sizes and (list(sizes) != sorted(set(sizes))):
         raise ConfigError(f"{path}: allowed_batch_sizes entries must be monotonically "
@@ -151,6 +171,10 @@ def load_models(path: str | Path) -> list:
     models = list(config.model_config_list.config)
     names = [m.name for m in models]
     for m in models:
+        for field, _ in m.ListFields():
+            if field.name in ("logging_config", "model_type"):
+                log.warning("%s: model %r: %s is accepted but ignored by the development "
+                            "server", path, m.name, field.name)
         if not m.name:
             raise ConfigError(f"{path}: every model needs a name")
         if not m.base_path:

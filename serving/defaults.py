@@ -6,3 +6,6 @@ REST_API_PORT = 8501
 HOST = "127.0.0.1"  # loopback unless told otherwise; containers pass 0.0.0.0
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # a few dozen base64 photos; raise for bigger batches
 POLL_SECONDS = 1.0
+REST_API_TIMEOUT_MS = 30_000  # TF Serving's --rest_api_timeout_in_ms
+MAX_NUM_LOAD_RETRIES = 5  # TF Serving's --max_num_load_retries
+LOAD_RETRY_INTERVAL_MICROS = 60_000_000  # TF Serving's --load_retry_interval_micros

@@ -45,6 +45,17 @@ class ServingError(Exception):
         return self.message[:GRPC_MESSAGE_LIMIT] + "...TRUNCATED"
 
 
+# A run that outlives its deadline (RunOptions.timeout_in_ms: the REST timeout or the gRPC
+# deadline): tensorflow/core/common_runtime/direct_session.cc, WaitForNotification.
+RUN_TIMED_OUT = "Timed out waiting for notification"
+# Every task of a batch waited past its deadline: batching/batching_session.cc, ProcessBatch.
+QUEUE_TIMED_OUT = "Run() timeout exceeded while waiting in batching queue"
+
+
+def deadline_exceeded() -> ServingError:
+    return ServingError(C.DEADLINE_EXCEEDED, RUN_TIMED_OUT)
+
+
 def invalid_argument(message: str) -> ServingError:
     return ServingError(C.INVALID_ARGUMENT, message)
 

@@ -98,7 +98,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             inputs = {alias: tensor_proto_to_ndarray(alias, proto)
                       for alias, proto in request.inputs.items()}
             outputs = self.inference.predict(servable, signature, inputs,
-                                             list(request.output_filter))
+                                             list(request.output_filter),
+                                             timeout=context.time_remaining())
             response = predict_pb2.PredictResponse()
             _fill_spec(response, servable, signature.name)
             for alias, value in outputs.items():
@@ -111,7 +112,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             servable = self.manager.lookup(_ref(request))
             signature = classify_signature(servable, request.model_spec.signature_name)
             results = self.inference.classify(servable, signature,
-                                              serialized_examples(request.input))
+                                              serialized_examples(request.input),
+                                              timeout=context.time_remaining())
             response = classification_pb2.ClassificationResponse()
             _fill_spec(response, servable, signature.name)
             for classes in results:
@@ -167,7 +169,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def build_server(manager: ModelManager, inference: Inference, metrics: Metrics, host: str,
-                 port: int, threads: int) -> tuple[grpc.Server, health.HealthServicer, int]:
+                 port: int, threads: int, with_health: bool = True
+                 ) -> tuple[grpc.Server, health.HealthServicer | None, int]:
     server = grpc.server(ThreadPoolExecutor(threads, thread_name_prefix="grpc"), options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -177,10 +180,12 @@ def build_server(manager: ModelManager, inference: Inference, metrics: Metrics, 
         PredictionService(manager, inference, metrics), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, metrics),
                                                               server)
-    health_servicer = health.HealthServicer()
-    for service in HEALTH_SERVICES:
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_servicer = None
+    if with_health:
+        health_servicer = health.HealthServicer()
+        for service in HEALTH_SERVICES:
+            health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {host}:{port}")

@@ -6,6 +6,7 @@ however it arrives. Batching, when enabled, sits between this and the model.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,12 @@ import numpy as np
 from google.protobuf import text_format
 from tensorflow.core.framework import types_pb2
 
-from serving.errors import failed_precondition, invalid_argument, unimplemented
+from serving.errors import (
+    deadline_exceeded,
+    failed_precondition,
+    invalid_argument,
+    unimplemented,
+)
 from serving.servable import DEFAULT_SIGNATURE, Servable, Signature
 
 CLASSIFY_INPUT = "inputs"
@@ -110,26 +116,36 @@ class Inference:
         self.batcher = batcher
 
     def _run(self, servable: Servable, signature: Signature, inputs: dict[str, np.ndarray],
-             outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+             outputs: list[str] | None = None, timeout: float | None = None
+             ) -> dict[str, np.ndarray]:
+        """`timeout` (seconds, None: none) is the run's deadline, as TF Serving passes a
+        RunOptions timeout: the REST timeout, or what is left of a gRPC deadline. The model
+        call itself cannot be interrupted here (TF Serving's session aborts it); a run that
+        ends past the deadline is answered DEADLINE_EXCEEDED all the same."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         if self.batcher is not None:
-            result = self.batcher.run(servable, signature, inputs)
+            result = self.batcher.run(servable, signature, inputs, deadline)
             return {k: result[k] for k in (outputs or result)}
-        return servable.run(signature, inputs, outputs)
+        result = servable.run(signature, inputs, outputs)
+        if deadline is not None and time.monotonic() > deadline:
+            raise deadline_exceeded()
+        return result
 
     def predict(self, servable: Servable, signature: Signature, inputs: dict[str, np.ndarray],
-                output_filter: list[str] | None = None) -> dict[str, np.ndarray]:
+                output_filter: list[str] | None = None, timeout: float | None = None
+                ) -> dict[str, np.ndarray]:
         output_filter = list(output_filter or [])
         check_predict_inputs(signature, inputs, output_filter)
-        return self._run(servable, signature, inputs, output_filter or None)
+        return self._run(servable, signature, inputs, output_filter or None, timeout)
 
-    def classify(self, servable: Servable, signature: Signature,
-                 examples: list[bytes]) -> list[list[tuple[str, float]]]:
+    def classify(self, servable: Servable, signature: Signature, examples: list[bytes],
+                 timeout: float | None = None) -> list[list[tuple[str, float]]]:
         """Serialized tf.Examples in; per example a list of (label, score)."""
         if not examples:
             raise invalid_argument("Input is empty.")
         tensor = np.empty(len(examples), dtype=object)
         tensor[:] = examples
-        outputs = self._run(servable, signature, {CLASSIFY_INPUT: tensor})
+        outputs = self._run(servable, signature, {CLASSIFY_INPUT: tensor}, timeout=timeout)
         check_classify_outputs(outputs, len(examples))
         classes, scores = outputs.get("classes"), outputs.get("scores")
         n_classes = (classes if classes is not None else scores).shape[1]

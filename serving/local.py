@@ -42,6 +42,12 @@ class ServerOptions:
     batching_parameters_file: str | None = None
     monitoring_config_file: str | None = None
     file_system_poll_wait_seconds: float = defaults.POLL_SECONDS
+    rest_api_timeout_in_ms: int = defaults.REST_API_TIMEOUT_MS
+    max_num_load_retries: int = defaults.MAX_NUM_LOAD_RETRIES
+    load_retry_interval_micros: int = defaults.LOAD_RETRY_INTERVAL_MICROS
+    tensorflow_intra_op_parallelism: int = 0
+    tensorflow_inter_op_parallelism: int = 0
+    enable_grpc_healthcheck_service: bool = True
     max_request_bytes: int = defaults.MAX_REQUEST_BYTES
 
 
@@ -64,10 +70,13 @@ def serve(options: ServerOptions) -> int:
     batching = cfg.load_batching(options.batching_parameters_file, os.cpu_count() or 1) \
         if options.enable_batching else None
 
+    _size_thread_pools(options)
     metrics = Metrics()
     warmup_inference = Inference()  # warmup runs each record directly on the new version
     manager = ModelManager(configs, options.file_system_poll_wait_seconds,
-                           warmup=lambda s: replay_warmup(s, warmup_inference))
+                           warmup=lambda s: replay_warmup(s, warmup_inference),
+                           max_load_retries=options.max_num_load_retries,
+                           load_retry_interval=options.load_retry_interval_micros / 1e6)
     started = time.perf_counter()
     manager.start()
     log.info("initial load of %d model(s) finished in %.1f s", len(configs),
@@ -76,15 +85,16 @@ def serve(options: ServerOptions) -> int:
     batcher = Batcher(batching, metrics) if batching else None
     inference = Inference(batcher)
     threads = 4 * (os.cpu_count() or 1)  # TF Serving's default for both servers
-    grpc_server, health, grpc_port = build_server(manager, inference, metrics, options.host,
-                                                  options.port, threads)
+    grpc_server, health, grpc_port = build_server(
+        manager, inference, metrics, options.host, options.port, threads,
+        with_health=options.enable_grpc_healthcheck_service)
     grpc_server.start()
     log.info("Running gRPC ModelServer at %s:%d ...", options.host, grpc_port)
 
     rest = None
     if options.rest_api_port and options.rest_api_port != options.port:
         rest = RestApi(manager, inference, metrics, prometheus_path, threads,
-                       options.max_request_bytes)
+                       options.max_request_bytes, options.rest_api_timeout_in_ms)
     elif options.rest_api_port:
         log.error("--rest-api-port cannot be the same as --port; REST API not started")
     stopped = []
@@ -92,7 +102,7 @@ def serve(options: ServerOptions) -> int:
     def begin_shutdown() -> None:
         """Both servers stop accepting at once; in-flight requests get the grace period."""
         log.info("shutting down: refusing new requests, finishing in-flight ones")
-        for service in HEALTH_SERVICES:
+        for service in HEALTH_SERVICES if health is not None else ():
             health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         stopped.append(grpc_server.stop(SHUTDOWN_GRACE_S))
 
@@ -107,6 +117,22 @@ def serve(options: ServerOptions) -> int:
         manager.stop()
         log.info("stopped")
     return 0
+
+
+def _size_thread_pools(options: ServerOptions) -> None:
+    """--tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism, as TF Serving's
+    session options (0: TensorFlow's default). Set before anything runs."""
+    intra = options.tensorflow_intra_op_parallelism
+    inter = options.tensorflow_inter_op_parallelism
+    if intra or inter:
+        import tensorflow as tf
+
+        if intra:
+            tf.config.threading.set_intra_op_parallelism_threads(intra)
+        if inter:
+            tf.config.threading.set_inter_op_parallelism_threads(inter)
+        log.info("TensorFlow thread pools: intra-op %s, inter-op %s", intra or "default",
+                 inter or "default")
 
 
 async def _run_rest(rest: RestApi | None, host: str, port: int, on_stop) -> None:

@@ -89,10 +89,16 @@ class ModelManager:
     """Owns every servable; `lookup` is what request handlers call."""
 
     def __init__(self, configs: list, poll_seconds: float,
-                 warmup: Callable[[Servable], int] | None = None):
+                 warmup: Callable[[Servable], int] | None = None,
+                 max_load_retries: int = 5, load_retry_interval: float = 60.0):
         self.models = {c.name: ManagedModel(c) for c in configs}
         self.poll_seconds = poll_seconds
         self.warmup = warmup
+        # As TF Serving's --max_num_load_retries / --load_retry_interval_micros: a version
+        # that fails to load (or to warm up) is tried again, LOADING meanwhile, before it is
+        # reported END (core/loader_harness.cc).
+        self.max_load_retries = max(0, max_load_retries)
+        self.load_retry_interval = max(0.0, load_retry_interval)
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -131,16 +137,22 @@ class ModelManager:
             model.records[version].state = State.LOADING
         log.info("loading servable version {name: %s version: %d}", model.name, version)
         started = time.perf_counter()
-        try:
-            servable = load_servable(model.name, version, model.base_path / str(version))
-            warmed = self.warmup(servable) if self.warmup else 0
-        except ServingError as e:
-            self._failed(model, version, e)
-            return
-        except Exception as e:  # a loader bug must not kill the polling thread
-            log.exception("unexpected error loading %s version %d", model.name, version)
-            self._failed(model, version, ServingError(grpc.StatusCode.UNKNOWN, str(e)))
-            return
+        for attempt in range(self.max_load_retries + 1):
+            try:
+                servable = load_servable(model.name, version, model.base_path / str(version))
+                warmed = self.warmup(servable) if self.warmup else 0
+                break
+            except ServingError as e:
+                error = e
+            except Exception as e:  # a loader bug must not kill the polling thread
+                log.exception("unexpected error loading %s version %d", model.name, version)
+                error = ServingError(grpc.StatusCode.UNKNOWN, str(e))
+            if attempt == self.max_load_retries or self._stop.wait(self.load_retry_interval):
+                self._failed(model, version, error)
+                return
+            log.warning("loading servable version {name: %s version: %d} failed (%s); retry "
+                        "%d of %d in %.1f s", model.name, version, error.message, attempt + 1,
+                        self.max_load_retries, self.load_retry_interval)
         with self._lock:
             model.records[version] = VersionRecord(version, State.AVAILABLE, servable=servable)
         log.info("servable version {name: %s version: %d} AVAILABLE after %.1f s "

@@ -51,12 +51,15 @@ def _version(text: str | None) -> int | None:
 class RestApi:
     def __init__(self, manager: ModelManager, inference: Inference, metrics: Metrics,
                  prometheus_path: str | None, threads: int,
-                 max_body_bytes: int = defaults.MAX_REQUEST_BYTES):
+                 max_body_bytes: int = defaults.MAX_REQUEST_BYTES,
+                 timeout_ms: int = defaults.REST_API_TIMEOUT_MS):
         self.manager = manager
         self.inference = inference
         self.metrics = metrics
         self.prometheus_path = prometheus_path
         self.max_body_bytes = max_body_bytes
+        # --rest_api_timeout_in_ms: each REST call's run timeout (0: none), 504 on expiry.
+        self.timeout = timeout_ms / 1000 if timeout_ms > 0 else None
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="rest")
 
     def app(self) -> web.Application:
@@ -149,7 +152,7 @@ class RestApi:
         servable = self.manager.lookup(ref)
         signature = predict_signature(servable, signature_name, rest=True)
         inputs, fmt = rest_json.predict_inputs(doc, signature.inputs)
-        outputs = self.inference.predict(servable, signature, inputs)
+        outputs = self.inference.predict(servable, signature, inputs, timeout=self.timeout)
         return rest_json.predict_response(outputs, fmt)
 
     def _classify(self, ref: ModelRef, body: bytes) -> str:
@@ -159,7 +162,7 @@ class RestApi:
         servable = self.manager.lookup(ref)
         signature = classify_signature(servable, signature_name)
         return rest_json.classify_response(
-            self.inference.classify(servable, signature, examples))
+            self.inference.classify(servable, signature, examples, timeout=self.timeout))
 
     def _status(self, ref: ModelRef, _body: bytes = b"") -> str:
         # A label is not resolved for status: all versions are returned (TF Serving does so).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import signal
 import subprocess
@@ -53,8 +54,11 @@ def polling_server(tiny_model, tmp_path_factory):
     base = tmp / "tiny"
     base.mkdir()
     link_version(tiny_model.version_dir, base, 1)
+    # A failed load is retried as TF Serving does, here quickly: 2 retries 0.5 s apart.
     srv = LocalServer(["--model-name", "tiny", "--model-base-path", str(base),
-                       "--file-system-poll-wait-seconds", "0.5"], tmp / "server.log")
+                       "--file-system-poll-wait-seconds", "0.5",
+                       "--max_num_load_retries=2", "--load_retry_interval_micros=500000"],
+                      tmp / "server.log")
     srv.start(wait_for_model="tiny")
     srv.base = base
     yield srv
@@ -119,10 +123,30 @@ def test_a_broken_version_is_reported_and_the_previous_one_keeps_serving(polling
     with grpc.insecure_channel(polling_server.grpc_target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         assert grpc_predict(stub, [tiny_model.files[0][1]]).model_spec.version.value == 2
+    log = polling_server.log_text()
+    assert "retry 1 of 2" in log and "retry 2 of 2" in log  # retried before it was END
     # Non-numeric folders (a puller's staging folder, say) are never versions.
     (polling_server.base / ".incoming-4").mkdir()
     time.sleep(1.5)
     assert "4" not in status_of(polling_server)
+
+
+def test_a_version_that_becomes_loadable_during_its_retries_is_served(polling_server,
+                                                                      tiny_model):
+    """TF Serving retries a failed load (--max_num_load_retries, 5 by default, a minute
+    apart): a version whose files were not all there at first is loaded on a retry."""
+    import shutil
+
+    partial = polling_server.base / ".incoming-5"
+    shutil.copytree(tiny_model.version_dir, partial, copy_function=os.link)
+    shutil.rmtree(partial / "variables")  # the graph without its weights: cannot load
+    partial.rename(polling_server.base / "5")
+    wait_until(lambda: "loading servable version {name: tiny version: 5} failed"
+               in polling_server.log_text(), timeout=60, every=0.1)
+    assert status_of(polling_server)["5"]["state"] == "LOADING"  # retrying, not END
+    shutil.copytree(tiny_model.version_dir / "variables",
+                    polling_server.base / "5" / "variables", copy_function=os.link)
+    wait_until(lambda: status_of(polling_server)["5"]["state"] == "AVAILABLE")
 
 
 def metric(page: str, name: str) -> float:
@@ -234,8 +258,9 @@ def test_startup_fails_when_the_only_version_cannot_load(tmp_path):
     (base / "saved_model.pb").write_bytes(b"garbage")
     proc = subprocess.run([sys.executable, "-m", "serving", "local", "--model-name", "m",
                            "--model-base-path", str(base.parent), "--port", "0",
-                           "--rest-api-port", "0"], capture_output=True, text=True,
-                          timeout=300, cwd=REPO)
+                           "--rest-api-port", "0", "--max_num_load_retries", "1",
+                           "--load_retry_interval_micros", "100000"], capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 1
     assert re.search(r"error: Failed to start server\. Error: UNKNOWN: 1 servable\(s\) did not "
                      r"become available: \{name: m version: 1\} due to error", proc.stderr)

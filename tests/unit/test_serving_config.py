@@ -54,3 +54,30 @@ def test_bad_files(tmp_path, kind, text, message):
     loader = {"batching": lambda p: config.load_batching(p, 2), "models": config.load_models}
     with pytest.raises(config.ConfigError, match=message):
         loader[kind](path)
+
+
+def test_every_field_tf_serving_2_20_accepts_is_accepted_and_the_unimplemented_logged(
+        tmp_path, caplog):
+    """BatchingParameters at 2.20 (servables/tensorflow/session_bundle_config.proto) has
+    fields 1-9; a file TF Serving takes must not stop the development server."""
+    path = tmp_path / "b"
+    path.write_text("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 100 }\n"
+                    "max_enqueued_batches { value: 2 }\nnum_batch_threads { value: 3 }\n"
+                    "thread_pool_name { value: 'pool' }\nallowed_batch_sizes: 4\n"
+                    "allowed_batch_sizes: 8\npad_variable_length_inputs: true\n"
+                    "enable_large_batch_splitting { value: true }\n"
+                    "max_execution_batch_size { value: 4 }\n")
+    with caplog.at_level("WARNING", logger="serving.config"):
+        batching = config.load_batching(path, cpu_count=2)
+    assert (batching.max_batch_size, batching.batch_timeout_micros,
+            batching.max_enqueued_batches, batching.num_batch_threads,
+            batching.thread_pool_name, batching.allowed_batch_sizes) == (
+        8, 100, 2, 3, "pool", (4, 8))
+    ignored = " ".join(r.getMessage() for r in caplog.records)
+    for name in ("pad_variable_length_inputs", "enable_large_batch_splitting",
+                 "max_execution_batch_size"):
+        assert f"{name} is accepted but ignored" in ignored
+    # Unset, the pool has TF Serving's default name, the same with or without a file.
+    (tmp_path / "min").write_text("max_batch_size { value: 4 }")
+    assert config.load_batching(tmp_path / "min", 2).thread_pool_name == \
+        config.load_batching(None, 2).thread_pool_name == "batch_threads"
