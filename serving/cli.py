@@ -17,6 +17,24 @@ def cli() -> None:
     """Serve, pull and query VGG16 transfer models with TensorFlow Serving's API."""
 
 
+def _fail_line(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _can_bind(host: str, port: int) -> bool:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _flag(name: str, *more: str, **kw):
     """An option under both spellings: `--rest-api-port` and TF Serving's `--rest_api_port`.
     Booleans also take TF Serving's `--flag=true|false`."""
@@ -98,6 +116,14 @@ def local(ctx, **kwargs) -> None:
                                "--model-config-file")
     if kwargs["batching_parameters_file"] and not kwargs["enable_batching"]:
         raise click.UsageError("--batching-parameters-file requires --enable-batching")
+    from serving.errors import PortUnavailable
+
+    # A taken port is found now, in a second, not after TensorFlow and the models load.
+    ports = [("gRPC", kwargs["port"])] + ([("REST", kwargs["rest_api_port"])]
+                                          if kwargs["rest_api_port"] else [])
+    for what, port in ports:
+        if port and not _can_bind(kwargs["host"], port):
+            _fail_line(str(PortUnavailable(what, kwargs["host"], port)), EXIT_BAD_INPUT)
     from serving.config import ConfigError
     from serving.local import ServerOptions, serve
     from serving.logs import setup_logging
@@ -108,16 +134,30 @@ def local(ctx, **kwargs) -> None:
             "%s: a tensorflow_model_server flag the development server ignores", arg)
     try:
         code = serve(ServerOptions(**kwargs))
-    except ConfigError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+    except (ConfigError, PortUnavailable) as e:
+        _fail_line(str(e), EXIT_BAD_INPUT)
     except RuntimeError as e:  # initial load failed, as TF Serving's startup failure
         click.echo(f"error: Failed to start server. Error: UNKNOWN: {e}", err=True)
         sys.exit(1)
     sys.exit(code)
 
 
+def _show_envvars(group: click.Group) -> None:
+    """`--help` names the environment variable each option reads (containers set them)."""
+    for command in group.commands.values():
+        for param in command.params:
+            if isinstance(param, click.Option) and param.envvar:
+                param.show_envvar = True
+
+
+
 def main() -> None:
+    # TensorFlow's C++ info and warning lines (CPU features, missing CUDA, a decoder's
+    # "Premature end of JPEG data") drown the program's own output and break its progress
+    # bars; files the decoder refuses are listed in the report instead. Set before
+    # TensorFlow loads; an explicit setting wins. (`python -m serving` and the console
+    # script both come here.)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cli(prog_name="serving")
 
 
@@ -182,7 +222,7 @@ def _server_options(f):
     f = click.option("--model-name", required=True, envvar="MODEL_NAME",
                      help="Model to query.")(f)
     f = click.option("--rest", "rest_url", metavar="URL",
-                     help="REST endpoint, e.g. http://localhost:8501.")(f)
+                     help="REST endpoint: host:port or a URL, e.g. localhost:8501.")(f)
     f = click.option("--grpc", "grpc_target", metavar="HOST:PORT",
                      help="gRPC endpoint, e.g. localhost:8500. A dns:///host:port target "
                           "(a Kubernetes headless Service) spreads calls over every address "
@@ -218,9 +258,12 @@ def _client_call(fn):
 @click.option("--top-k", type=int, default=1, help="How many classes to show per image.")
 @click.option("--batch-size", type=int, default=16, help="Images per request.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+@click.option("--wait", "wait_s", type=float, default=0.0,
+              help="First wait up to this many seconds for the model to be AVAILABLE (a "
+                   "server still starting); 0: do not wait.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def classify(grpc_target, rest_url, model_name, timeout, version, label, top_k, batch_size,
-             as_json, images) -> None:
+             as_json, wait_s, images) -> None:
     """Classify image files with a served model."""
     import json
 
@@ -230,7 +273,11 @@ def classify(grpc_target, rest_url, model_name, timeout, version, label, top_k, 
         raise click.UsageError("--version and --label exclude each other")
     if top_k < 1 or batch_size < 1:
         raise click.UsageError("--top-k and --batch-size must be at least 1")
+    from serving.client import wait_until_available
+
     with _connect(grpc_target, rest_url, timeout) as client:
+        if wait_s > 0:
+            _client_call(lambda: wait_until_available(client, model_name, wait_s))
         results = _client_call(lambda: classify_files(client, list(images), model_name,
                                                       version, label, batch_size))
     failed = [(path, p.error) for path, p in results if p.error]
@@ -282,3 +329,6 @@ def metadata(grpc_target, rest_url, model_name, timeout, version, label) -> None
         for kind in ("inputs", "outputs"):
             for alias, desc in sig[kind].items():
                 click.echo(f"    {kind[:-1]:<6} {alias}: {desc}")
+
+
+_show_envvars(cli)  # last: after every command is defined

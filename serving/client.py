@@ -20,6 +20,7 @@ import base64
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.errors import EXIT_BAD_INPUT, EXIT_STORAGE
 from trainer.image_formats import ERROR_NOT_AN_IMAGE, sniff
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -71,6 +72,15 @@ _BAD_REQUEST = {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "OUT_OF_
 _UNREACHABLE = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED"}
 
 
+SERVED_MODELS_KEY = "x-served-models"  # serving local's hint on NOT_FOUND (serving.errors)
+
+
+def _served(models: str | None) -> str:
+    if models is None:
+        return ""
+    return f" (this server serves: {models.replace(',', ', ') or 'no model yet'})"
+
+
 def _error(code: str, message: str, where: str) -> ClientError:
     if code in _UNREACHABLE:
         return ClientError(f"model server at {where} unavailable ({code}): {message}", 3)
@@ -101,7 +111,11 @@ class GrpcClient:
         try:
             return method(request, timeout=self.timeout)
         except self._grpc.RpcError as e:
-            raise _error(e.code().name, e.details() or "", self.target) from e
+            hint = ""
+            if e.code() == self._grpc.StatusCode.NOT_FOUND:
+                trailers = dict(e.trailing_metadata() or ())
+                hint = _served(trailers.get(SERVED_MODELS_KEY))
+            raise _error(e.code().name, (e.details() or "") + hint, self.target) from e
 
     @staticmethod
     def _spec(spec, model: str, version: int | None, label: str | None) -> None:
@@ -198,6 +212,8 @@ class RestClient:
                 response.status_code, f"HTTP {response.status_code}")
             message = str(payload.get("error", payload)) if isinstance(payload, dict) \
                 else str(payload)
+            if response.status_code == 404:
+                message += _served(response.headers.get(SERVED_MODELS_KEY))
             raise _error(code, f"{message} (HTTP {response.status_code})", self.url)
         return payload
 
@@ -246,11 +262,42 @@ def _signatures(signature_def: dict) -> dict:
             for name, sig in sorted(signature_def.get("signature_def", {}).items())}
 
 
+def rest_base_url(url: str) -> str:
+    """`host:port` as for gRPC, or an http(s) URL; anything else is a usage error."""
+    if "://" not in url:
+        return f"http://{url}"
+    if not url.startswith(("http://", "https://")):
+        raise ClientError(f"--rest {url}: expected host:port or http(s)://host:port",
+                          EXIT_BAD_INPUT)
+    return url
+
+
 def connect(grpc_target: str | None = None, rest_url: str | None = None,
             timeout: float = DEFAULT_TIMEOUT_S):
     if bool(grpc_target) == bool(rest_url):
-        raise ClientError("give exactly one of a gRPC target or a REST URL", 2)
-    return GrpcClient(grpc_target, timeout) if grpc_target else RestClient(rest_url, timeout)
+        raise ClientError("give exactly one of a gRPC target or a REST URL", EXIT_BAD_INPUT)
+    if grpc_target:
+        return GrpcClient(grpc_target, timeout)
+    return RestClient(rest_base_url(rest_url), timeout)
+
+
+def wait_until_available(client, model: str, timeout: float, every: float = 0.5) -> None:
+    """Poll the model's status until a version is AVAILABLE (a server that is still starting
+    or loading counts as not yet); ClientError (exit 3) when `timeout` seconds pass."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if any(v.state == "AVAILABLE" for v in client.status(model)):
+                return
+            reason = "no version AVAILABLE yet"
+        except ClientError as e:
+            reason = str(e)
+        if time.monotonic() > deadline:
+            raise ClientError(f"model {model} not available after {timeout:.0f} s ({reason})",
+                              EXIT_STORAGE)
+        time.sleep(every)
 
 
 def read_images(paths: list[str]) -> list[bytes]:

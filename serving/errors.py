@@ -91,3 +91,18 @@ def from_tf_error(error: Exception) -> ServingError:
         message = prefix.sub("", message)
     message = _SUFFIX.sub("", message).strip()
     return ServingError(code, message)
+
+
+# serving local's addition to a NOT_FOUND answer (an HTTP header, a gRPC trailing metadata
+# key): the models it does serve. TF Serving has no way to list them; clients show the list
+# when it is there and say nothing more when it is not.
+SERVED_MODELS_KEY = "x-served-models"
+
+
+class PortUnavailable(OSError):
+    """A port the server was asked to listen on is taken (or not ours to bind)."""
+
+    def __init__(self, what: str, host: str, port: int):
+        flag = "--port" if what == "gRPC" else "--rest-api-port"
+        super().__init__(f"{what} port {host}:{port} is already in use (or cannot be bound): "
+                         f"stop what holds it or pick another with {flag}")

@@ -20,7 +20,13 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.errors import ServingError, invalid_argument, unimplemented
+from serving.errors import (
+    SERVED_MODELS_KEY,
+    PortUnavailable,
+    ServingError,
+    invalid_argument,
+    unimplemented,
+)
 from serving.inference import (
     Inference,
     ModelRef,
@@ -66,8 +72,9 @@ def _fill_spec(response, servable, signature_name: str) -> None:
 class _Call:
     """Runs one RPC: ServingErrors abort with their code; metrics when `api` is given."""
 
-    def __init__(self, metrics: Metrics, context, api: str | None, request):
-        self.metrics, self.context, self.api = metrics, context, api
+    def __init__(self, metrics: Metrics, context, api: str | None, request,
+                 manager: ModelManager | None = None):
+        self.metrics, self.context, self.api, self.manager = metrics, context, api, manager
         has_spec = "model_spec" in request.DESCRIPTOR.fields_by_name and \
             request.HasField("model_spec")
         self.model = request.model_spec.name if has_spec else ""
@@ -82,6 +89,9 @@ class _Call:
             self.metrics.request(self.model, self.api, "GRPC", status,
                                  time.perf_counter() - self.started)
         if isinstance(error, ServingError):
+            if error.code == grpc.StatusCode.NOT_FOUND and self.manager is not None:
+                self.context.set_trailing_metadata(
+                    ((SERVED_MODELS_KEY, ",".join(self.manager.served_models())),))
             self.context.abort(error.code, error.grpc_details())  # raises
         return False
 
@@ -91,7 +101,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.manager, self.inference, self.metrics = manager, inference, metrics
 
     def Predict(self, request, context):
-        with _Call(self.metrics, context, "Predict", request):
+        with _Call(self.metrics, context, "Predict", request, self.manager):
             servable = self.manager.lookup(_ref(request))
             signature = predict_signature(servable, request.model_spec.signature_name,
                                           rest=False)
@@ -108,7 +118,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             return response
 
     def Classify(self, request, context):
-        with _Call(self.metrics, context, "Classify", request):
+        with _Call(self.metrics, context, "Classify", request, self.manager):
             servable = self.manager.lookup(_ref(request))
             signature = classify_signature(servable, request.model_spec.signature_name)
             results = self.inference.classify(servable, signature,
@@ -123,7 +133,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             return response
 
     def GetModelMetadata(self, request, context):
-        with _Call(self.metrics, context, None, request):
+        with _Call(self.metrics, context, None, request, self.manager):
             ref = _ref(request)
             if not request.metadata_field:
                 raise invalid_argument("GetModelMetadataRequest must specify at least one "
@@ -153,7 +163,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self.manager, self.metrics = manager, metrics
 
     def GetModelStatus(self, request, context):
-        with _Call(self.metrics, context, None, request):
+        with _Call(self.metrics, context, None, request, self.manager):
             # An empty name is NOT_FOUND here, not INVALID_ARGUMENT as for Predict
             # (model_servers/get_model_status_impl.cc looks the name up as given).
             if not request.HasField("model_spec"):
@@ -186,7 +196,10 @@ def build_server(manager: ModelManager, inference: Inference, metrics: Metrics, 
         for service in HEALTH_SERVICES:
             health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as e:  # newer grpcio raises instead of returning 0
+        raise PortUnavailable("gRPC", host, port) from e
     if bound == 0:
-        raise OSError(f"cannot bind gRPC port {host}:{port}")
+        raise PortUnavailable("gRPC", host, port)
     return server, health_servicer, bound

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2
 from serving import config as cfg
 from serving import defaults
 from serving.batching import Batcher
+from serving.errors import PortUnavailable
 from serving.grpc_service import HEALTH_SERVICES, build_server
 from serving.inference import Inference, replay_warmup
 from serving.manager import ModelManager
@@ -145,7 +146,11 @@ async def _run_rest(rest: RestApi | None, host: str, port: int, on_stop) -> None
         runner = web.AppRunner(rest.app(), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, port, shutdown_timeout=SHUTDOWN_GRACE_S)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            await runner.cleanup()
+            raise PortUnavailable("REST", host, port) from e
         log.info("Exporting HTTP/REST API at:%s:%d ...", host, port)
     await stop.wait()
     on_stop()

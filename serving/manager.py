@@ -24,6 +24,7 @@ import grpc
 
 from serving.errors import ServingError, invalid_argument, not_found
 from serving.inference import ModelRef
+from serving.layout import base_path_problem
 from serving.servable import Servable, load_servable
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,11 @@ class ModelManager:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"no versions appeared for: {', '.join(pending)}")
             if time.monotonic() - last_note > 10:
-                log.info("waiting for the first version of: %s", ", ".join(pending))
+                for name in pending:
+                    model = self.models[name]
+                    problem = base_path_problem(model.base_path, "--model-base-path")
+                    log.warning("waiting for the first version of %s under %s%s", name,
+                                model.base_path, f": {problem}" if problem else "")
                 last_note = time.monotonic()
             time.sleep(min(self.poll_seconds, 1.0) if self.poll_seconds > 0 else 1.0)
         failed = {m.name: r for m in self.models.values() for r in m.records.values()
@@ -247,6 +252,11 @@ class ModelManager:
                 raise not_found(f"Servable not found for request: Specific({ref.name}, "
                                 f"{version})")
             return record.servable
+
+    def served_models(self) -> list[str]:
+        """Names of the models with a version AVAILABLE (for a NOT_FOUND's hint)."""
+        with self._lock:
+            return sorted(n for n, m in self.models.items() if m.available())
 
     def status(self, name: str, version: int | None = None) -> list[VersionRecord]:
         """Newest first; raises NOT_FOUND like GetModelStatusImpl."""

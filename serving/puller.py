@@ -25,7 +25,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from trainer.errors import EXIT_OK, EXIT_STORAGE, StorageError, UserError
+from serving.layout import SAVED_MODEL, base_path_problem
+from trainer.errors import EXIT_OK, EXIT_STORAGE, InputError, StorageError, UserError
 from trainer.manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest
 from trainer.storage import ByteProgress, LocalLocation, Location, open_location, run_parallel
 
@@ -67,8 +68,20 @@ class Puller:
         self.source: Location = open_location(source)
         self.dest = Path(dest).expanduser().absolute()
         self.model_name = self.source.uri.rstrip("/").rsplit("/", 1)[-1]
+        self._check_dest()
         self.keep = keep
         self.quiet = quiet
+
+    def _check_dest(self) -> None:
+        """--dest is the model's own folder (TF Serving's base path), not a version folder
+        nor the folder above it. A wrong one is refused before anything is downloaded."""
+        if not self.dest.exists():
+            return
+        problem = base_path_problem(self.dest, "--dest")
+        is_a_version = (self.dest / SAVED_MODEL).is_file()
+        is_above_one = problem is not None and "which holds versions" in problem
+        if is_a_version or is_above_one:
+            raise InputError(f"--dest {problem}")
 
     # -- local state ----------------------------------------------------------------------
     def local_versions(self) -> list[int]:

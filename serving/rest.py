@@ -21,7 +21,7 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from serving import defaults, rest_json
-from serving.errors import ServingError, invalid_argument, unimplemented
+from serving.errors import SERVED_MODELS_KEY, ServingError, invalid_argument, unimplemented
 from serving.inference import Inference, ModelRef, classify_signature, predict_signature
 from serving.manager import ModelManager
 from serving.metrics import Metrics
@@ -90,7 +90,10 @@ class RestApi:
             return self._error(error, status=413)
         except ServingError as e:
             self.metrics.request_count_only(model, e.code_name)
-            return self._error(e)
+            response = self._error(e)
+            if e.code == grpc.StatusCode.NOT_FOUND:
+                response.headers[SERVED_MODELS_KEY] = ",".join(self.manager.served_models())
+            return response
         except Exception as e:  # a bug: keep the server up, answer like TF Serving's INTERNAL
             log.exception("unexpected error handling %s %s", request.method, path)
             self.metrics.request_count_only(model, "INTERNAL")

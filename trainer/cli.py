@@ -138,5 +138,41 @@ def sample_data(output, num_classes, per_class, seed, quiet) -> None:
     click.echo(f"wrote {n} images ({num_classes} classes x {per_class}) to {output}")
 
 
+@cli.command()
+@click.option("--data", required=True, type=click.Path(file_okay=False),
+              help="Local folder with one sub-folder per class.")
+@click.option("--to", "to", required=True, envvar="DATA_URI",
+              help="Where the dataset goes: s3://bucket/prefix (or a folder).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def upload(data, to, quiet) -> None:
+    """Copy a local image folder into object storage, skipping files already there."""
+    from trainer.upload import upload_folder
+
+    try:
+        result = upload_folder(data, to, quiet)
+    except UserError as e:
+        _fail(e)
+    click.echo(f"uploaded {result.uploaded} files ({result.bytes / 1e6:.1f} MB) to {to}; "
+               f"{result.skipped} already there")
+
+
+def _show_envvars(group: click.Group) -> None:
+    """`--help` names the environment variable each option reads (containers set them)."""
+    for command in group.commands.values():
+        for param in command.params:
+            if isinstance(param, click.Option) and param.envvar:
+                param.show_envvar = True
+
+
+_show_envvars(cli)
+
+
 def main() -> None:
+    # TensorFlow's C++ log lines (CPU features, a missing CUDA driver, and the JPEG
+    # decoder's "Premature end of JPEG data", which it logs at ERROR level) drown the job's
+    # own output and break its progress bars. Every image the decoder refuses is listed,
+    # with its reason, in the skipped files of the report and the run's summary instead;
+    # real failures still surface as Python errors. Set before TensorFlow loads; an explicit
+    # setting wins. (`python -m trainer` and the console script both come here.)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     cli(prog_name="trainer")

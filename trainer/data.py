@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from trainer.errors import InputError
+from trainer.image_formats import ERROR_NOT_AN_IMAGE, sniff
 from trainer.storage import Location, open_location
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
@@ -70,6 +71,8 @@ def _check_header(data: bytes) -> str | None:
 
     if not data:
         return "empty file"
+    if sniff(data) is None:  # the very rule the exported graph applies (WebP too is refused)
+        return ERROR_NOT_AN_IMAGE
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -222,9 +222,22 @@ def test_the_env_the_code_reads_is_set(compose):
         assert "${AWS_SECRET_ACCESS_KEY:?" in env["AWS_SECRET_ACCESS_KEY"]  # from .env only
     assert {"DATA_URI", "MODELS_URI", "MODEL_NAME"} <= set(_env(services["trainer"]))
     assert {"MODEL_SOURCE", "MODEL_DEST"} <= set(_env(services["puller"]))
-    example = (REPO / ".env.example").read_text()
-    assert "AWS_ACCESS_KEY_ID=" in example and "AWS_SECRET_ACCESS_KEY=" in example
     assert ".env" in (REPO / ".gitignore").read_text().split()
+
+
+def test_compose_refuses_the_example_env_as_it_is(compose):
+    """.env.example's values are empty, and compose's `${VAR:?...}` refuses an empty value:
+    copying the example without filling it in cannot start a store with a known secret."""
+    values = dict(line.split("=", 1) for line in
+                  (REPO / ".env.example").read_text().splitlines()
+                  if line and not line.startswith("#"))
+    assert values == {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
+    for name, service in compose["services"].items():
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            if key in _env(service):
+                assert _env(service)[key].startswith(f"${{{key}:?"), (name, key)
+    # The example's recipe for a .env makes values compose accepts.
+    assert "openssl rand -hex 24" in (REPO / ".env.example").read_text()
 
 
 def test_volumes_and_names_agree_with_the_serving_config(compose):

@@ -1,0 +1,200 @@
+"""What a new user hits in the first hour: each mistake gets one line that says what to do."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from serving.cli import cli as serving_cli
+from serving.layout import base_path_problem
+from tests.conftest import DATA_BUCKET, REPO, link_version, unique
+from trainer.cli import cli as trainer_cli
+from trainer.sample_data import write_sample_data
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: "), stderr
+    return lines[0]
+
+
+# -- a wrong base path ----------------------------------------------------------------------
+
+@pytest.fixture
+def model_tree(tmp_path, tiny_model) -> Path:
+    """models/tiny/1/ as the trainer leaves it."""
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    link_version(tiny_model.version_dir, tmp_path / "models" / "tiny", 1)
+    return tmp_path / "models"
+
+
+def test_the_base_path_hint_names_what_was_found(model_tree, tmp_path):
+    assert base_path_problem(model_tree / "tiny", "--model-base-path") is None
+    assert base_path_problem(model_tree, "--model-base-path") == (
+        f"found tiny/ in {model_tree}, which holds versions: did you mean --model-base-path "
+        f"{model_tree / 'tiny'}?")
+    assert base_path_problem(model_tree / "tiny" / "1", "--model-base-path") == (
+        f"{model_tree / 'tiny' / '1'} is itself a version (it has saved_model.pb): point "
+        f"--model-base-path at its parent, {model_tree / 'tiny'}")
+    (tmp_path / "empty").mkdir()
+    assert "holds no numbered version folders (found: nothing)" in base_path_problem(
+        tmp_path / "empty", "--model-base-path")
+    assert base_path_problem(tmp_path / "nope", "--dest") == f"{tmp_path / 'nope'} does not exist"
+
+
+@pytest.mark.slow
+def test_serving_local_says_where_it_looked_while_it_waits(model_tree, tmp_path):
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "serving", "local", "--model-name",
+                                 "tiny", "--model-base-path", str(model_tree), "--port", "0",
+                                 "--rest-api-port", "0"], stdout=out, stderr=subprocess.STDOUT,
+                                cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while "did you mean" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.3)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    [line] = [json.loads(x) for x in log.read_text().splitlines()
+              if x.startswith("{") and "waiting for the first version" in x][:1]
+    assert line["message"] == (
+        f"waiting for the first version of tiny under {model_tree}: found tiny/ in "
+        f"{model_tree}, which holds versions: did you mean --model-base-path "
+        f"{model_tree / 'tiny'}?")
+
+
+def test_the_puller_refuses_a_version_folder_or_the_folder_above_as_dest(model_tree):
+    for dest, hint in ((model_tree / "tiny" / "1", "is itself a version"),
+                       (model_tree, f"did you mean --dest {model_tree / 'tiny'}?")):
+        proc = subprocess.run([sys.executable, "-m", "serving", "pull", "--source",
+                               str(model_tree / "tiny"), "--dest", str(dest), "-q"],
+                              capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert proc.returncode == 2
+        assert hint in one_error_line(proc.stderr)
+
+
+# -- busy ports -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("which", ["--port", "--rest-api-port"])
+def test_a_busy_port_is_one_line_and_exit_2(which, tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        other = "--rest-api-port" if which == "--port" else "--port"
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "serving", "local", "--model-name", "m",
+                               "--model-base-path", str(tmp_path), which, str(busy), other,
+                               "0"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    line = one_error_line(proc.stderr)
+    what = "gRPC" if which == "--port" else "REST"
+    assert f"{what} port 127.0.0.1:{busy} is already in use" in line and which in line
+    assert time.monotonic() - started < 30  # refused before TensorFlow loads
+
+
+# -- the client -----------------------------------------------------------------------------
+
+def test_rest_takes_host_port_like_grpc(server):
+    host_port = server.rest_url.removeprefix("http://")
+    result = CliRunner().invoke(serving_cli, ["status", "--rest", host_port, "--model-name",
+                                              "tiny"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(serving_cli, ["status", "--rest", "ftp://x:1", "--model-name",
+                                              "tiny"])
+    assert result.exit_code == 2 and "expected host:port or http(s)://host:port" in \
+        result.output
+
+
+@pytest.mark.parametrize("transport", ["--grpc", "--rest"])
+def test_a_wrong_model_name_says_which_models_are_served(server, transport):
+    where = server.grpc_target if transport == "--grpc" else server.rest_url
+    result = CliRunner().invoke(serving_cli, ["status", transport, where, "--model-name",
+                                              "shapes"])
+    assert result.exit_code == 2
+    line = one_error_line(result.stderr)
+    assert "Could not find any versions of model shapes" in line or "shapes" in line
+    assert "(this server serves: tiny)" in line
+
+
+def test_help_shows_the_environment_variables():
+    runner = CliRunner()
+    train = " ".join(runner.invoke(trainer_cli, ["train", "--help"]).output.split())
+    for var in ("DATA_URI", "MODELS_URI", "MODEL_NAME", "FEATURE_CACHE", "REQUIRE_GPU"):
+        assert f"env var: {var}" in train, var
+    pull = " ".join(runner.invoke(serving_cli, ["pull", "--help"]).output.split())
+    for var in ("MODEL_SOURCE", "MODEL_DEST", "PULL_WAIT_TIMEOUT"):
+        assert f"env var: {var}" in pull, var
+
+
+# -- your own photos into the compose store --------------------------------------------------
+
+@pytest.mark.s3
+def test_upload_puts_a_folder_in_the_store_and_skips_what_is_there(seaweed, tmp_path):
+    photos = tmp_path / "photos"
+    write_sample_data(str(photos), num_classes=2, per_class=3, seed=4, quiet=True)
+    (photos / ".DS_Store").write_bytes(b"finder junk")
+    to = f"s3://{DATA_BUCKET}/{unique('mine')}"
+    result = CliRunner().invoke(trainer_cli, ["upload", "--data", str(photos), "--to", to, "-q"])
+    assert result.exit_code == 0, result.output
+    assert "uploaded 6 files" in result.output and "0 already there" in result.output
+    (photos / "circle" / "new.png").write_bytes((photos / "circle").glob("*.png").__next__()
+                                                .read_bytes())
+    again = CliRunner().invoke(trainer_cli, ["upload", "--data", str(photos), "--to", to, "-q"])
+    assert again.exit_code == 0 and "uploaded 1 files" in again.output
+    assert "6 already there" in again.output
+    from trainer.storage import open_location
+
+    names = [f.path for f in open_location(to).list_files()]
+    assert len(names) == 7 and not any(".DS_Store" in n for n in names)
+    missing = CliRunner().invoke(trainer_cli, ["upload", "--data", str(tmp_path / "nope"),
+                                               "--to", to])
+    assert missing.exit_code == 2
+
+
+# -- decoder noise and the progress bar --------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_console_script_keeps_decoder_noise_out_of_the_output(tmp_path):
+    """Run as `trainer` (the console script, not python -m): TensorFlow's decoder warnings
+    ("Premature end of JPEG data") stay out; the file is listed in the report instead."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data"
+    write_sample_data(str(data), num_classes=2, per_class=3, seed=8, quiet=True)
+    buf = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(buf, "JPEG")
+    (data / "circle" / "cut.jpg").write_bytes(buf.getvalue()[:4000])
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(REPO)  # this checkout's code, whichever the venv was made from
+    proc = subprocess.run([str(Path(sys.executable).parent / "trainer"), "train", "--data",
+                           str(data), "--output", str(tmp_path / "models"), "--model-name",
+                           "m", "--weights", "none", "--epochs", "1", "--cache",
+                           str(tmp_path / "cache"), "--report-dir", str(tmp_path / "report")],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Premature end of JPEG data" not in proc.stderr
+    # The progress bar's lines are not broken by the decoder's. (TensorFlow's start-up
+    # banner, printed before its logging is set up, is not what this checks.)
+    bar = [x for x in proc.stderr.splitlines() if "extracting fc2 features" in x]
+    assert bar and all(x.lstrip("\r").startswith("extracting fc2 features") for x in bar)
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert {"path": "circle/cut.jpg",
+            "reason": "cannot be decoded by TensorFlow (corrupt or truncated)"} in \
+        report["skipped"]
