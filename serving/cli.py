@@ -8,8 +8,8 @@ import sys
 
 import click
 
+from contract.errors import EXIT_BAD_INPUT
 from serving import defaults
-from trainer.errors import EXIT_BAD_INPUT
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -92,7 +92,7 @@ def local(ctx, **kwargs) -> None:
 
     Takes tensorflow_model_server's own flag spellings too (--model_name=..., --port=8500,
     --enable_batching=true, ...); its other flags are accepted and logged as ignored."""
-    from serving.flags import TF_SERVING_FLAGS
+    from serving.devserver.flags import TF_SERVING_FLAGS
 
     ignored = []
     for arg in ctx.args:
@@ -116,7 +116,7 @@ def local(ctx, **kwargs) -> None:
                                "--model-config-file")
     if kwargs["batching_parameters_file"] and not kwargs["enable_batching"]:
         raise click.UsageError("--batching-parameters-file requires --enable-batching")
-    from serving.errors import PortUnavailable
+    from serving.devserver.errors import PortUnavailable
 
     # A taken port is found now, in a second, not after TensorFlow and the models load.
     ports = [("gRPC", kwargs["port"])] + ([("REST", kwargs["rest_api_port"])]
@@ -124,21 +124,20 @@ def local(ctx, **kwargs) -> None:
     for what, port in ports:
         if port and not _can_bind(kwargs["host"], port):
             _fail_line(str(PortUnavailable(what, kwargs["host"], port)), EXIT_BAD_INPUT)
-    from serving.config import ConfigError
-    from serving.local import ServerOptions, serve
+    from serving.devserver.config import ConfigError
+    from serving.devserver.local import ServerOptions, serve
     from serving.logs import setup_logging
 
     setup_logging()
     for arg in ignored:
-        logging.getLogger("serving.local").warning(
+        logging.getLogger("serving.devserver.local").warning(
             "%s: a tensorflow_model_server flag the development server ignores", arg)
     try:
         code = serve(ServerOptions(**kwargs))
     except (ConfigError, PortUnavailable) as e:
         _fail_line(str(e), EXIT_BAD_INPUT)
-    except RuntimeError as e:  # initial load failed, as TF Serving's startup failure
-        click.echo(f"error: Failed to start server. Error: UNKNOWN: {e}", err=True)
-        sys.exit(1)
+    except RuntimeError as e:  # initial load failed: TF Serving's message (it exits 1)
+        _fail_line(f"Failed to start server. Error: UNKNOWN: {e}", EXIT_BAD_INPUT)
     sys.exit(code)
 
 
@@ -186,6 +185,7 @@ def pull(source, dest, watch, interval, keep, wait_timeout, quiet) -> None:
 
     Exit codes without --watch: 0 a verified version is present locally; 2 bad usage;
     3 the store cannot be reached, or holds no verified version (after --wait-timeout)."""
+    from contract.errors import EXIT_OK, UserError
     from serving.logs import setup_logging
     from serving.puller import (
         Puller,
@@ -193,7 +193,6 @@ def pull(source, dest, watch, interval, keep, wait_timeout, quiet) -> None:
         wait_for_first_version,
         wait_for_interrupt,
     )
-    from trainer.errors import EXIT_OK, UserError
 
     if wait_timeout < 0 or interval <= 0:
         raise click.UsageError("--wait-timeout must be >= 0 and --interval > 0")

@@ -11,7 +11,7 @@ and returns `label`, `score`, `classes`, `scores`. Both transports work against 
         print(p.label, p.score, p.top(2))
 
 Every call has a deadline; failures raise ClientError with one line and an exit code
-(2: the server refused the request, 3: unreachable/unavailable/timed out, 1: server error).
+(2: the server refused the request, 3: unreachable, unavailable, timed out or failing).
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import base64
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.errors import EXIT_BAD_INPUT, EXIT_STORAGE
-from trainer.image_formats import ERROR_NOT_AN_IMAGE, sniff
+from contract.errors import EXIT_BAD_INPUT, EXIT_STORAGE
+from contract.image_formats import ERROR_NOT_AN_IMAGE, sniff
+from contract.names import ERROR_OUTPUT, IMAGE_BYTES_INPUT, SERVING_DEFAULT
+from serving.defaults import SERVED_MODELS_KEY
 
 DEFAULT_TIMEOUT_S = 30.0
 # gRPC targets with an explicit resolver scheme may name many servers (a Kubernetes headless
@@ -30,8 +32,6 @@ DEFAULT_TIMEOUT_S = 30.0
 # one pod, so scaling out would not help a long-lived client.
 BALANCED_SCHEMES = ("dns:", "ipv4:", "ipv6:")
 DEFAULT_BATCH = 16  # images per request: few round trips, modest request size
-SIGNATURE = "serving_default"
-IMAGE_INPUT = "image_bytes"
 
 
 class ClientError(Exception):
@@ -72,7 +72,6 @@ _BAD_REQUEST = {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "OUT_OF_
 _UNREACHABLE = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED"}
 
 
-SERVED_MODELS_KEY = "x-served-models"  # serving local's hint on NOT_FOUND (serving.errors)
 
 
 def _served(models: str | None) -> str:
@@ -83,10 +82,12 @@ def _served(models: str | None) -> str:
 
 def _error(code: str, message: str, where: str) -> ClientError:
     if code in _UNREACHABLE:
-        return ClientError(f"model server at {where} unavailable ({code}): {message}", 3)
+        return ClientError(f"model server at {where} unavailable ({code}): {message}",
+                           EXIT_STORAGE)
     if code in _BAD_REQUEST:
-        return ClientError(f"{code}: {message}", 2)
-    return ClientError(f"server error {code}: {message}", 1)
+        return ClientError(f"{code}: {message}", EXIT_BAD_INPUT)
+    # The server failed (INTERNAL, UNKNOWN...): not this process's bug, so not exit 1.
+    return ClientError(f"server error {code}: {message}", EXIT_STORAGE)
 
 
 class GrpcClient:
@@ -132,11 +133,11 @@ class GrpcClient:
 
         request = predict_pb2.PredictRequest()
         self._spec(request.model_spec, model, version, label)
-        request.model_spec.signature_name = SIGNATURE
-        request.inputs[IMAGE_INPUT].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string))
+        request.model_spec.signature_name = SERVING_DEFAULT
+        request.inputs[IMAGE_BYTES_INPUT].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string))
         response = self._call(self.predictions.Predict, request)
         out = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
-        errors = out.get("error", [b""] * len(images))  # models exported before it had none
+        errors = out.get(ERROR_OUTPUT, [b""] * len(images))  # models exported before it had none
         return [Prediction(out["label"][i].decode(), float(out["score"][i]),
                            [c.decode() for c in out["classes"][i]],
                            [float(s) for s in out["scores"][i]], errors[i].decode())
@@ -219,11 +220,11 @@ class RestClient:
 
     def classify(self, images: list[bytes], model: str, version: int | None = None,
                  label: str | None = None) -> list[Prediction]:
-        body = {"signature_name": SIGNATURE,
+        body = {"signature_name": SERVING_DEFAULT,
                 "instances": [{"b64": base64.b64encode(i).decode()} for i in images]}
         payload = self._call("POST", f"{self._path(model, version, label)}:predict", body)
         return [Prediction(p["label"], float(p["score"]), p["classes"],
-                           [float(s) for s in p["scores"]], p.get("error", ""))
+                           [float(s) for s in p["scores"]], p.get(ERROR_OUTPUT, ""))
                 for p in payload["predictions"]]
 
     def status(self, model: str, version: int | None = None) -> list[VersionInfo]:
@@ -306,7 +307,8 @@ def read_images(paths: list[str]) -> list[bytes]:
         try:
             images.append(Path(path).read_bytes())
         except OSError as e:
-            raise ClientError(f"cannot read image file {path}: {e.strerror}", 2) from e
+            raise ClientError(f"cannot read image file {path}: {e.strerror}",
+                              EXIT_BAD_INPUT) from e
     return images
 
 

@@ -9,3 +9,7 @@ POLL_SECONDS = 1.0
 REST_API_TIMEOUT_MS = 30_000  # TF Serving's --rest_api_timeout_in_ms
 MAX_NUM_LOAD_RETRIES = 5  # TF Serving's --max_num_load_retries
 LOAD_RETRY_INTERVAL_MICROS = 60_000_000  # TF Serving's --load_retry_interval_micros
+# serving local's addition to a NOT_FOUND answer (an HTTP header, a gRPC trailing metadata
+# key): the models it does serve. TF Serving has no way to list them; clients show the list
+# when it is there and say nothing more when it is not.
+SERVED_MODELS_KEY = "x-served-models"

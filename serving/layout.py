@@ -8,16 +8,16 @@ Serving only says "Did you forget to name your leaf directory as a number (eg. '
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-_VERSION = re.compile(r"^\d+$")
-SAVED_MODEL = "saved_model.pb"
+from contract.names import SAVED_MODEL_FILE as SAVED_MODEL
+from contract.names import parse_version
 
 
 def _versions(folder: Path) -> list[str]:
     try:
-        return sorted(p.name for p in folder.iterdir() if p.is_dir() and _VERSION.match(p.name))
+        return sorted(p.name for p in folder.iterdir()
+                      if p.is_dir() and parse_version(p.name) is not None)
     except OSError:
         return []
 

@@ -12,7 +12,6 @@ ever removed because the store cannot be reached.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -25,13 +24,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from contract.errors import EXIT_OK, EXIT_STORAGE, InputError, StorageError, UserError
+from contract.manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest, sha256_file
+from contract.names import STAGING_PREFIX, parse_version
+from contract.storage import ByteProgress, LocalLocation, Location, open_location, run_parallel
 from serving.layout import SAVED_MODEL, base_path_problem
-from trainer.errors import EXIT_OK, EXIT_STORAGE, InputError, StorageError, UserError
-from trainer.manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest
-from trainer.storage import ByteProgress, LocalLocation, Location, open_location, run_parallel
 
 log = logging.getLogger(__name__)
-STAGING_PREFIX = ".incoming-"
 DOWNLOAD_WORKERS = 8
 BACKOFF_MAX_S = 300  # outage backoff stops growing at five minutes
 WAIT_LOG_EVERY_S = 60  # --wait-timeout: one "still waiting" line a minute
@@ -47,18 +46,6 @@ class SyncResult:
     rejected: dict[int, str] = field(default_factory=dict)
     local: list[int] = field(default_factory=list)
     removed: list[int] = field(default_factory=list)
-
-
-def _version_number(name: str) -> int | None:
-    return int(name) if name.isdigit() and int(name) > 0 else None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(4 * 1024 * 1024):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Puller:
@@ -90,7 +77,7 @@ class Puller:
             return []
         found = []
         for entry in self.dest.iterdir():
-            version = _version_number(entry.name)
+            version = parse_version(entry.name)
             if version is None or not entry.is_dir():
                 continue
             try:
@@ -111,7 +98,7 @@ class Puller:
 
     # -- one sync -------------------------------------------------------------------------
     def remote_versions(self) -> list[int]:
-        return sorted((v for v in map(_version_number, self.source.list_dirs()) if v),
+        return sorted((v for v in map(parse_version, self.source.list_dirs()) if v),
                       reverse=True)
 
     def read_manifest(self, version: int) -> Manifest | None:
@@ -203,7 +190,7 @@ class Puller:
             size = target.stat().st_size
             if size != f.size:
                 raise Rejected(f"{f.path} has {size} bytes, the manifest says {f.size}")
-            if _sha256(target) != f.sha256:
+            if sha256_file(target) != f.sha256:
                 raise Rejected(f"{f.path} does not match its sha256 in the manifest")
 
         with bar:

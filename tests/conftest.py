@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.names import STAGING_PREFIX
 from tools.seaweed import SeaweedFS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ CACHE_BUCKET = "cache"
 
 
 def _clear_s3_client() -> None:
-    from trainer.storage import s3_client
+    from contract.storage import s3_client
 
     s3_client.cache_clear()
 
@@ -160,7 +161,7 @@ class TinyModel:
 
 
 def open_location_(path: Path):
-    from trainer.storage import open_location
+    from contract.storage import open_location
 
     return open_location(str(path))
 
@@ -189,7 +190,7 @@ def link_version(source: Path, base_path: Path, version: int) -> Path:
     import os
     import shutil
 
-    staging = base_path / f".incoming-{version}"
+    staging = base_path / f"{STAGING_PREFIX}{version}"
     shutil.copytree(source, staging, copy_function=os.link)
     final = base_path / str(version)
     os.rename(staging, final)

@@ -1,6 +1,6 @@
 """`python -m trainer`: train and publish a model, or write a sample dataset.
 
-Exit codes (DESIGN section 6, trainer.errors): 0 success; 1 an unexpected error (keeps its
+Exit codes (DESIGN section 6, contract.errors): 0 success; 1 an unexpected error (keeps its
 traceback); 2 bad usage or bad input; 3 storage, network or environment failure after retries
 (no GPU where one was required); 4 finished, but the model is not good enough (accuracy
 gate): nothing published.
@@ -16,8 +16,8 @@ import time
 
 import click
 
+from contract.errors import UserError
 from trainer import config as defaults
-from trainer.errors import UserError
 
 # TensorFlow leaves its oneDNN CPU kernels off by default on some x86 CPUs (AVX2-only ones
 # among them), yet they run VGG16 over batches of 32 faster than its default kernels there

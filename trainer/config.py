@@ -9,7 +9,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
-from trainer.errors import InputError
+from contract.errors import InputError
 
 # Defaults follow the classic recipe (ml4a transfer-learning guide, Keras docs).
 DEFAULT_EPOCHS = 10  # the head is one Dense layer: it converges in a few passes

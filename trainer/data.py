@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from trainer.errors import InputError
-from trainer.image_formats import ERROR_NOT_AN_IMAGE, sniff
-from trainer.storage import Location, open_location
+from contract.errors import InputError
+from contract.image_formats import ERROR_NOT_AN_IMAGE, sniff
+from contract.storage import Location, open_location
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 # Declared size above which an image is refused before decoding: the same limit the graph

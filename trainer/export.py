@@ -26,19 +26,20 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from contract.names import (
+    CLASSIFY,
+    CLASSIFY_INPUT,
+    ERROR_OUTPUT,
+    EXAMPLE_IMAGE_FEATURE,
+    IMAGE_BYTES_INPUT,
+    IMAGES_INPUT,
+    LABELS_FILE,
+    PREDICT_IMAGES,
+    SERVING_DEFAULT,
+    WARMUP_FILE,
+)
 from trainer.preprocessing import IMAGE_SIZE, preprocess_batch, vgg_preprocess
 
-SERVING_DEFAULT = "serving_default"
-PREDICT_IMAGES = "predict_images"
-CLASSIFY = "classify"
-IMAGE_BYTES_INPUT = "image_bytes"
-IMAGES_INPUT = "images"
-CLASSIFY_INPUT = "inputs"  # TF Serving's Classify API requires exactly this input key
-EXAMPLE_IMAGE_FEATURE = "image/encoded"
-OUTPUTS = ("label", "score", "classes", "scores")
-ERROR_OUTPUT = "error"  # serving_default only: "" for a good image, else the reason
-LABELS_FILE = "labels.txt"
-WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 WARMUP_RECORDS = 3
 WARMUP_BAD_IMAGE = b"warmup: not an image"  # exercises the per-item error path
 

@@ -19,10 +19,10 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from contract.storage import TRANSFER_WORKERS, Location
 from trainer.data import ImageSet, Skipped
 from trainer.model import FEATURE_DIM, BaseModel, feature_function
 from trainer.preprocessing import PREPROCESSING_VERSION, decode_and_resize, preprocess_image_bytes
-from trainer.storage import TRANSFER_WORKERS, Location
 
 UNDECODABLE = "cannot be decoded by TensorFlow (corrupt or truncated)"
 

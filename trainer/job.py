@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.errors import GateNotMet
+from contract.manifest import build_manifest, list_version_files
+from contract.names import STAGING_PREFIX
+from contract.storage import LocalLocation, open_location
 from trainer.config import TrainConfig
 from trainer.data import ImageSet, check_class_sizes, load_images, stratified_split
-from trainer.errors import GateNotMet
 from trainer.export import export_saved_model
 from trainer.features import FeatureCache, decodable, extract_features
-from trainer.manifest import build_manifest, list_version_files
 from trainer.model import BaseModel, build_base, full_model
 from trainer.preprocessing import IMAGE_SIZE, PREPROCESSING, PREPROCESSING_VERSION
 from trainer.publish import publish
@@ -29,7 +31,6 @@ from trainer.report import (
     write_report,
 )
 from trainer.runtime import configure
-from trainer.storage import LocalLocation, open_location
 from trainer.train import FitResult, fit_end_to_end, fit_on_features
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def run(config: TrainConfig) -> JobResult:
     if isinstance(output, LocalLocation):
         work_root = output.root / config.model_name
         work_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".incoming-trainer-", dir=work_root) as work:
+    with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}trainer-", dir=work_root) as work:
         version_dir = Path(work) / "version"
         report_dir = version_dir / REPORT_SUBDIR
         # The plots are drawn while TensorFlow writes the SavedModel.

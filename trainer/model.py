@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.errors import InputError, StorageError
+from contract.errors import InputError, StorageError
 from trainer.preprocessing import IMAGE_SIZE
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def weights_fingerprint(model: keras.Model) -> str:
 def _fetch_weights_file(weights: str, workdir: Path) -> str:
     """A local path for --weights PATH or s3://...; a clear error when it is not there."""
     if weights.startswith("s3://"):
-        from trainer.storage import open_location
+        from contract.storage import open_location
 
         loc = open_location(weights)
         parent, _, name = loc.uri.rpartition("/")

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 # Per-item reasons in the `error` output of serving_default (DESIGN section 4): a bad image
 # never fails the run it shares with other clients' images.
-from trainer.image_formats import ERROR_CORRUPT, ERROR_NOT_AN_IMAGE, ERROR_TOO_LARGE, SIGNATURES
+from contract.image_formats import ERROR_CORRUPT, ERROR_NOT_AN_IMAGE, ERROR_TOO_LARGE, SIGNATURES
 
 IMAGE_SIZE = (224, 224)  # VGG16 with its fully connected top takes exactly 224x224
 PREPROCESSING = "vgg16"  # manifest "input.preprocessing"

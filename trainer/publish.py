@@ -17,9 +17,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from trainer.errors import InputError, UserError
-from trainer.manifest import MANIFEST_FILE, ManifestFile
-from trainer.storage import ByteProgress, LocalLocation, Location, open_location, run_parallel
+from contract.errors import InputError, UserError
+from contract.manifest import MANIFEST_FILE, ManifestFile
+from contract.names import STAGING_PREFIX
+from contract.storage import ByteProgress, LocalLocation, Location, open_location, run_parallel
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def _publish_local(version_dir: Path, models: LocalLocation, model_name: str,
         raise _already_published(model_name, version, str(final))
     models.root.mkdir(parents=True, exist_ok=True)
     # A non-numeric hidden name: TF Serving and the puller ignore it until the rename.
-    staging = Path(tempfile.mkdtemp(prefix=f".incoming-{version}-", dir=models.root))
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-", dir=models.root))
     try:
         assembled = staging / "version"
         try:

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from trainer.errors import InputError
-from trainer.storage import TRANSFER_WORKERS, open_location
+from contract.errors import InputError
+from contract.storage import TRANSFER_WORKERS, open_location
 
 # (class name, base hue in degrees, texture)
 CLASSES = [

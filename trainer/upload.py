@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from trainer.errors import InputError
-from trainer.storage import ByteProgress, LocalLocation, open_location, run_parallel
+from contract.errors import InputError
+from contract.storage import ByteProgress, LocalLocation, open_location, run_parallel
 
 
 @dataclass(frozen=True)

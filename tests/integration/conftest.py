@@ -11,7 +11,7 @@ import grpc
 import pytest
 from google.protobuf import text_format
 
-from serving import config as serving_config
+from serving.devserver import config as serving_config
 from tests.conftest import REPO, link_version
 from tools.model_server import LocalServer
 

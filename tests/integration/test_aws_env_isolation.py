@@ -61,7 +61,7 @@ def sample_data(env: dict, uri: str) -> subprocess.CompletedProcess:
 
 
 def test_the_test_fixture_environment_ignores_the_users_s3_settings(seaweed, hostile_shell):
-    from trainer.storage import open_location
+    from contract.storage import open_location
 
     with aws_env_of(seaweed):
         assert "AWS_PROFILE" not in os.environ

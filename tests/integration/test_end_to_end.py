@@ -14,10 +14,10 @@ import time
 import numpy as np
 import pytest
 
+from contract.storage import open_location
 from serving.client import GrpcClient, RestClient
 from tests.conftest import MODELS_BUCKET, REPO, run_cli, unique
 from tools.model_server import LocalServer
-from trainer.storage import open_location
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 

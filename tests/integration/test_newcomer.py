@@ -155,7 +155,7 @@ def test_upload_puts_a_folder_in_the_store_and_skips_what_is_there(seaweed, tmp_
     again = CliRunner().invoke(trainer_cli, ["upload", "--data", str(photos), "--to", to, "-q"])
     assert again.exit_code == 0 and "uploaded 1 files" in again.output
     assert "6 already there" in again.output
-    from trainer.storage import open_location
+    from contract.storage import open_location
 
     names = [f.path for f in open_location(to).list_files()]
     assert len(names) == 7 and not any(".DS_Store" in n for n in names)

@@ -11,9 +11,9 @@ import uuid
 
 import pytest
 
+from contract.manifest import MANIFEST_FILE, parse_manifest
 from tests.conftest import REPO, run_cli
 from tools.seaweed import SeaweedFS
-from trainer.manifest import MANIFEST_FILE, parse_manifest
 from trainer.sample_data import write_sample_data
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]

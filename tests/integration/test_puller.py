@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from contract.manifest import MANIFEST_FILE, build_manifest, list_version_files
+from contract.storage import open_location, s3_client
 from serving.puller import Puller
 from tests.conftest import MODELS_BUCKET, REPO, aws_env_of, run_cli, unique
 from tools.seaweed import SeaweedFS
-from trainer.manifest import MANIFEST_FILE, build_manifest, list_version_files
 from trainer.publish import publish
-from trainer.storage import open_location, s3_client
 
 pytestmark = pytest.mark.s3
 

@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.manifest import MANIFEST_FILE, build_manifest, list_version_files
+from contract.storage import S3Location, open_location, s3_client
 from serving.client import ClientError, GrpcClient, RestClient
 from serving.puller import Puller
 from tests.conftest import MODELS_BUCKET, REPO, aws_env_of, run_cli, unique
 from tests.integration.test_puller import publish_fake, read, wait_for
 from tools.model_server import LocalServer
 from tools.seaweed import SeaweedFS
-from trainer.manifest import MANIFEST_FILE, build_manifest, list_version_files
 from trainer.publish import publish
-from trainer.storage import S3Location, open_location, s3_client
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ import urllib.parse
 import pytest
 import requests
 
+from contract.storage import open_location
 from tests.conftest import REPO, run_cli
-from trainer.storage import open_location
 
 pytestmark = pytest.mark.slow
 

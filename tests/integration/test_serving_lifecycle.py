@@ -261,7 +261,7 @@ def test_startup_fails_when_the_only_version_cannot_load(tmp_path):
                            "--rest-api-port", "0", "--max_num_load_retries", "1",
                            "--load_retry_interval_micros", "100000"], capture_output=True,
                           text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # this project's exit code for a bad model (TF Serving: 1)
     assert re.search(r"error: Failed to start server\. Error: UNKNOWN: 1 servable\(s\) did not "
                      r"become available: \{name: m version: 1\} due to error", proc.stderr)
 

@@ -9,12 +9,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from contract.image_formats import ERROR_NOT_AN_IMAGE
+from contract.manifest import MANIFEST_FILE, parse_manifest, sha256_file
 from tests.conftest import TINY
 from trainer.config import TrainConfig
 from trainer.export import CLASSIFY, PREDICT_IMAGES, SERVING_DEFAULT, WARMUP_FILE
-from trainer.image_formats import ERROR_NOT_AN_IMAGE
 from trainer.job import REPORT_SUBDIR, run
-from trainer.manifest import MANIFEST_FILE, parse_manifest, sha256_file
 from trainer.preprocessing import decode_and_resize
 
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from contract.manifest import MANIFEST_FILE, parse_manifest
+from contract.storage import open_location
 from tests.conftest import CACHE_BUCKET, MODELS_BUCKET, run_cli, unique
-from trainer.manifest import MANIFEST_FILE, parse_manifest
-from trainer.storage import open_location
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from google.protobuf import text_format
 
-from serving import config as serving_config
+from serving.devserver import config as serving_config
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = ["trainer/Dockerfile", "serving/Dockerfile", "serving/puller.Dockerfile"]
@@ -118,7 +118,7 @@ def test_the_puller_image_has_every_module_the_puller_imports():
     locked = set(lock("puller.lock"))
     allowed = {module for module, dists in packages_distributions().items()
                if any(normalize(d) in locked for d in dists)}
-    allowed |= set(sys.stdlib_module_names) | {"trainer", "serving", "_distutils_hack"}
+    allowed |= set(sys.stdlib_module_names) | {"contract", "serving", "_distutils_hack"}
     code = f"""
 import sys
 allowed = {sorted(allowed)!r}
@@ -127,7 +127,7 @@ class Block:
         if name.split(".")[0] not in allowed:
             raise ModuleNotFoundError(f"the puller image has no {{name}}")
 sys.meta_path.insert(0, Block())
-import serving.puller, serving.client
+import serving.puller
 from serving.cli import cli
 cli(["pull", "--help"], standalone_mode=False)
 """

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from serving.cli import cli as serving_cli
-from serving.flags import TF_SERVING_FLAGS
+from serving.devserver.flags import TF_SERVING_FLAGS
 from trainer.cli import cli as trainer_cli
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from contract.errors import InputError
 from trainer.data import MAX_IMAGE_PIXELS, load_images, stratified_split
-from trainer.errors import InputError
 
 
 def png(size=(8, 8)) -> bytes:

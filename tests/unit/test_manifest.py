@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from trainer.manifest import ManifestError, build_manifest, list_version_files, parse_manifest
+from contract.manifest import ManifestError, build_manifest, list_version_files, parse_manifest
 
 
 def good(**overrides) -> dict:

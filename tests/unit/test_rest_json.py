@@ -13,8 +13,8 @@ import pytest
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from serving.errors import ServingError
-from serving.rest_json import (
+from serving.devserver.errors import ServingError
+from serving.devserver.rest_json import (
     classify_examples,
     classify_response,
     decimal,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import config
+from serving.devserver import config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "serving" / "config"
 
@@ -67,7 +67,7 @@ def test_every_field_tf_serving_2_20_accepts_is_accepted_and_the_unimplemented_l
                     "allowed_batch_sizes: 8\npad_variable_length_inputs: true\n"
                     "enable_large_batch_splitting { value: true }\n"
                     "max_execution_batch_size { value: 4 }\n")
-    with caplog.at_level("WARNING", logger="serving.config"):
+    with caplog.at_level("WARNING", logger="serving.devserver.config"):
         batching = config.load_batching(path, cpu_count=2)
     assert (batching.max_batch_size, batching.batch_timeout_micros,
             batching.max_enqueued_batches, batching.num_batch_threads,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.errors import InputError
-from trainer.storage import LocalLocation, S3Location, open_location
+from contract.errors import InputError
+from contract.storage import LocalLocation, S3Location, open_location
 
 
 def test_uri_forms():

@@ -20,12 +20,14 @@ import grpc
 from aiohttp import web
 from google.protobuf import json_format
 
-from serving import defaults, rest_json
-from serving.errors import SERVED_MODELS_KEY, ServingError, invalid_argument, unimplemented
-from serving.inference import Inference, ModelRef, classify_signature, predict_signature
-from serving.manager import ModelManager
-from serving.metrics import Metrics
-from serving.status import status_response
+from serving import defaults
+from serving.defaults import SERVED_MODELS_KEY
+from serving.devserver import rest_json
+from serving.devserver.errors import ServingError, invalid_argument, unimplemented
+from serving.devserver.inference import Inference, ModelRef, classify_signature, predict_signature
+from serving.devserver.manager import ModelManager
+from serving.devserver.metrics import Metrics
+from serving.devserver.status import status_response
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 
-from serving.manager import ModelManager
+from serving.devserver.manager import ModelManager
 
 
 def status_response(manager: ModelManager, name: str, version: int | None

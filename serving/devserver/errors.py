@@ -93,12 +93,6 @@ def from_tf_error(error: Exception) -> ServingError:
     return ServingError(code, message)
 
 
-# serving local's addition to a NOT_FOUND answer (an HTTP header, a gRPC trailing metadata
-# key): the models it does serve. TF Serving has no way to list them; clients show the list
-# when it is there and say nothing more when it is not.
-SERVED_MODELS_KEY = "x-served-models"
-
-
 class PortUnavailable(OSError):
     """A port the server was asked to listen on is taken (or not ours to bind)."""
 

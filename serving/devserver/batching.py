@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from serving.config import BatchingOptions
-from serving.errors import (
+from serving.devserver.config import BatchingOptions
+from serving.devserver.errors import (
     QUEUE_TIMED_OUT,
     ServingError,
     deadline_exceeded,

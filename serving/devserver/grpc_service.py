@@ -20,14 +20,14 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.errors import (
-    SERVED_MODELS_KEY,
+from serving.defaults import SERVED_MODELS_KEY
+from serving.devserver.errors import (
     PortUnavailable,
     ServingError,
     invalid_argument,
     unimplemented,
 )
-from serving.inference import (
+from serving.devserver.inference import (
     Inference,
     ModelRef,
     classify_signature,
@@ -35,10 +35,10 @@ from serving.inference import (
     serialized_examples,
     tensor_proto_to_ndarray,
 )
-from serving.manager import ModelManager
-from serving.metrics import Metrics
-from serving.status import status_response
-from serving.tensor_proto import ndarray_to_proto
+from serving.devserver.manager import ModelManager
+from serving.devserver.metrics import Metrics
+from serving.devserver.status import status_response
+from serving.devserver.tensor_proto import ndarray_to_proto
 
 log = logging.getLogger(__name__)
 # The names TF Serving's health service knows (model_servers/server.cc, with

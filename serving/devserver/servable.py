@@ -14,11 +14,11 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from serving.errors import ServingError, from_tf_error, invalid_argument
+from contract.names import SERVING_DEFAULT
+from serving.devserver.errors import ServingError, from_tf_error, invalid_argument
 
 log = logging.getLogger(__name__)
 SERVE_TAG = "serve"
-DEFAULT_SIGNATURE = "serving_default"
 
 # TF's DataTypeString() names, which TF Serving puts in its messages.
 DTYPE_NAMES = {
@@ -96,7 +96,7 @@ class Servable:
         return sigmap
 
     def signature(self, name: str) -> Signature | None:
-        return self.signatures.get(name or DEFAULT_SIGNATURE)
+        return self.signatures.get(name or SERVING_DEFAULT)  # TF Serving's default key
 
     def validate(self, signature: Signature, inputs: dict[str, np.ndarray]
                  ) -> dict[str, tf.DType]:

@@ -21,8 +21,8 @@ import numpy as np
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow.core.framework import types_pb2
 
-from serving.errors import ServingError, invalid_argument, unimplemented
-from serving.servable import dtype_name
+from serving.devserver.errors import ServingError, invalid_argument, unimplemented
+from serving.devserver.servable import dtype_name
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)

@@ -17,17 +17,17 @@ from dataclasses import dataclass
 from aiohttp import web
 from grpc_health.v1 import health_pb2
 
-from serving import config as cfg
 from serving import defaults
-from serving.batching import Batcher
-from serving.errors import PortUnavailable
-from serving.grpc_service import HEALTH_SERVICES, build_server
-from serving.inference import Inference, replay_warmup
-from serving.manager import ModelManager
-from serving.metrics import Metrics
-from serving.rest import RestApi
+from serving.devserver import config as cfg
+from serving.devserver.batching import Batcher
+from serving.devserver.errors import PortUnavailable
+from serving.devserver.grpc_service import HEALTH_SERVICES, build_server
+from serving.devserver.inference import Inference, replay_warmup
+from serving.devserver.manager import ModelManager
+from serving.devserver.metrics import Metrics
+from serving.devserver.rest import RestApi
 
-log = logging.getLogger("serving.local")
+log = logging.getLogger("serving.devserver.local")
 SHUTDOWN_GRACE_S = 30
 
 

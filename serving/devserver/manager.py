@@ -22,10 +22,10 @@ from pathlib import Path
 
 import grpc
 
-from serving.errors import ServingError, invalid_argument, not_found
-from serving.inference import ModelRef
+from serving.devserver.errors import ServingError, invalid_argument, not_found
+from serving.devserver.inference import ModelRef
+from serving.devserver.servable import Servable, load_servable
 from serving.layout import base_path_problem
-from serving.servable import Servable, load_servable
 
 log = logging.getLogger(__name__)
 _VERSION_DIR = re.compile(r"^\s*\+?\d+\s*$")  # absl::SimpleAtoi, non-negative

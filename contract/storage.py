@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from trainer.errors import InputError, StorageError
+from contract.errors import InputError, StorageError
 
 # Retries: botocore's "standard" mode backs off exponentially with jitter on throttling,
 # 5xx and connection errors. 5 attempts span roughly 20 s of outage.

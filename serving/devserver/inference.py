@@ -14,16 +14,15 @@ import numpy as np
 from google.protobuf import text_format
 from tensorflow.core.framework import types_pb2
 
-from serving.errors import (
+from contract.names import CLASSIFY_INPUT, SERVING_DEFAULT, WARMUP_FILE
+from serving.devserver.errors import (
     deadline_exceeded,
     failed_precondition,
     invalid_argument,
     unimplemented,
 )
-from serving.servable import DEFAULT_SIGNATURE, Servable, Signature
+from serving.devserver.servable import Servable, Signature
 
-CLASSIFY_INPUT = "inputs"
-WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving's kMaxNumRecords
 
 
@@ -43,7 +42,7 @@ def _keys(keys) -> str:
 def predict_signature(servable: Servable, name: str, rest: bool) -> Signature:
     signature = servable.signature(name)
     if signature is None:
-        name = name or DEFAULT_SIGNATURE
+        name = name or SERVING_DEFAULT
         if rest:
             raise invalid_argument(f'Serving signature name: "{name}" not found in signature '
                                    "def")
@@ -79,7 +78,7 @@ def check_predict_inputs(signature: Signature, inputs: dict, output_filter: list
 
 def classify_signature(servable: Servable, name: str) -> Signature:
     """TF Serving's checks for a signature used with the Classify API (classifier.cc)."""
-    name = name or DEFAULT_SIGNATURE
+    name = name or SERVING_DEFAULT
     signature = servable.signature(name)
     if signature is None:
         raise invalid_argument(f"No signature was found with the name: {name}")
