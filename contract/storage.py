@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -106,6 +107,13 @@ class Location:
     def delete(self, paths: Iterable[str]) -> None:
         raise NotImplementedError
 
+    def check_writable(self) -> None:
+        """Write and remove a small probe object here: the location (and its bucket) exists
+        and these credentials may write and delete in it. Raises the storage errors."""
+        probe = f".write-probe-{uuid.uuid4().hex}"
+        self.write_bytes(probe, b"")
+        self.delete([probe])
+
     def read_many(self, paths: list[str]) -> Iterator[tuple[str, bytes | None]]:
         """Read several files concurrently; yields (path, bytes) in input order, None if missing."""
         def read(p: str) -> bytes | None:
@@ -155,6 +163,20 @@ class LocalLocation(Location):
     def exists(self, path: str) -> bool:
         return self._path(path).exists()
 
+    def check_writable(self) -> None:
+        """As Location's, leaving no folder behind that the probe had to create."""
+        created = []
+        folder = self.root
+        while not folder.exists() and folder != folder.parent:
+            created.append(folder)
+            folder = folder.parent
+        try:
+            super().check_writable()
+        finally:
+            for folder in created:  # deepest first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
     def is_empty(self) -> bool:
         return not self.root.is_dir() or not any(self.root.iterdir())
 
@@ -163,7 +185,11 @@ class LocalLocation(Location):
 
     def write_bytes(self, path: str, data: bytes) -> None:
         target = self._path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file in the way, no permission
+            raise InputError(f"cannot create the folder {target.parent}: "
+                             f"{e.strerror or e}") from e
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -298,6 +324,20 @@ class S3Location(Location):
                 if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                     return False
                 raise
+
+    def check_writable(self) -> None:
+        """The bucket must exist (some S3-compatible stores create one on the first write),
+        then the probe write and delete."""
+        from botocore.exceptions import ClientError
+
+        with s3_errors("cannot check", self.uri):
+            try:
+                s3_client().head_bucket(Bucket=self.bucket)
+            except ClientError as e:
+                if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                    raise InputError(f"bucket {self.bucket} does not exist") from e
+                raise
+        super().check_writable()
 
     def is_empty(self) -> bool:
         with s3_errors("cannot list", self.uri):

@@ -102,7 +102,7 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
     started = time.perf_counter()
     try:
         from trainer.config import TrainConfig
-        from trainer.job import run
+        from trainer.preflight import preflight
 
         config = TrainConfig(data=data, output=output, model_name=model_name, epochs=epochs,
                              batch_size=batch_size, learning_rate=learning_rate,
@@ -110,6 +110,9 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
                              cache=None if no_cache else cache,
                              min_val_accuracy=min_val_accuracy, version=version,
                              report_dir=report_dir, require_gpu=require_gpu, quiet=quiet)
+        preflight(config)  # in seconds, before TensorFlow is even imported
+        from trainer.job import run
+
         result = run(config)
     except UserError as e:
         _fail(e)

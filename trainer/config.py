@@ -18,6 +18,7 @@ DEFAULT_LEARNING_RATE = 0.001  # Adam's default
 DEFAULT_VAL_SPLIT = 0.2  # 80/20, stratified per class
 DEFAULT_SEED = 0
 # Model names become URL path segments (/v1/models/<name>) and k8s-friendly labels.
+WEIGHT_FILE_SUFFIXES = (".h5", ".weights.h5", ".hdf5")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -52,6 +53,10 @@ class TrainConfig:
              f"--min-val-accuracy must be between 0 and 1, got {self.min_val_accuracy}"),
             (self.version is None or self.version > 0,
              f"--version must be a positive integer, got {self.version}"),
+            (self.weights in ("imagenet", "none") or
+             self.weights.lower().endswith(WEIGHT_FILE_SUFFIXES),
+             f"--weights {self.weights}: expected 'imagenet', 'none', or a Keras weights "
+             f"file ending in {', '.join(WEIGHT_FILE_SUFFIXES)}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 FEATURE_LAYER = "fc2"
 FEATURE_DIM = 4096
 HEAD_NAME = "classifier"
-WEIGHT_FILE_SUFFIXES = (".h5", ".weights.h5", ".hdf5")
 # fc1's kernel is 411 MB: converting it to numpy in one piece took 2.8 s on a 2-core machine
 # against 0.4 s in 16 MB row slices (the same bytes in the same order: the same digest).
 FINGERPRINT_CHUNK_BYTES = 16 << 20
@@ -113,9 +112,6 @@ def build_base(weights: str, seed: int) -> BaseModel:
     elif weights == "none":
         vgg = keras.applications.VGG16(include_top=True, weights=None)
     else:
-        if not weights.lower().endswith(WEIGHT_FILE_SUFFIXES):
-            raise InputError(f"--weights {weights}: expected 'imagenet', 'none', or a Keras "
-                             f"weights file ending in {', '.join(WEIGHT_FILE_SUFFIXES)}")
         with tempfile.TemporaryDirectory(prefix="weights-") as tmp:
             local = _fetch_weights_file(weights, Path(tmp))
             vgg = keras.applications.VGG16(include_top=True, weights=None)

@@ -133,7 +133,7 @@ def test_bad_and_odd_files_are_skipped_and_listed(tmp_path, small_data):
     # Nested folders belong to their top-level class; symlinked files are read through.
     assert metrics["images"]["per_class"]["circle"]["train"] + \
         metrics["images"]["per_class"]["circle"]["val"] == 5
-    assert "7 skipped" in result.stdout
+    assert "8 skipped" in result.stdout
 
 
 def test_unreadable_weights_file(tmp_path, small_data):
@@ -208,3 +208,59 @@ def test_require_gpu_fails_fast_with_exit_3_before_reading_images(tmp_path, smal
     assert "--require-gpu: TensorFlow sees no GPU (devices: CPU:0)" in line
     assert "reading images" not in result.stderr and not (tmp_path / "cache").exists()
     assert not (tmp_path / "models").exists()
+
+
+class HeavyWorkStarted(Exception):
+    pass
+
+
+@pytest.fixture
+def no_heavy_work(monkeypatch):
+    """Any step past the checks (devices, reading images, building VGG16) raises: a check
+    that passed where it should fail shows up as this error, not as the documented exit."""
+    import trainer.job
+
+    def refuse(*_args, **_kwargs):
+        raise HeavyWorkStarted
+
+    for name in ("configure", "load_images", "build_base"):
+        monkeypatch.setattr(trainer.job, name, refuse)
+
+
+@pytest.mark.parametrize("case", ["data", "output file in the way", "output bucket",
+                                  "cache file in the way", "weights file", "weights object",
+                                  "existing version"])
+def test_each_wrong_value_fails_before_any_heavy_work(tmp_path, small_data, no_heavy_work,
+                                                      seaweed, case):
+    args = dict(data=str(small_data), output=str(tmp_path / "models"),
+                cache=str(tmp_path / "cache"), weights="none", version=None)
+    expected_code, message = 2, None
+    if case == "data":
+        args["data"], message = str(tmp_path / "nope"), "location does not exist or is empty"
+    elif case == "output file in the way":
+        (tmp_path / "models").write_text("a file, not a folder")
+        message = f"--output {tmp_path / 'models'}: cannot create the folder"
+    elif case == "output bucket":
+        args["output"] = "s3://no-such-bucket-here/models"
+        message = "--output s3://no-such-bucket-here/models:"
+    elif case == "cache file in the way":
+        (tmp_path / "cache").write_text("a file")
+        message = f"--cache {tmp_path / 'cache'}: cannot create the folder"
+    elif case == "weights file":
+        args["weights"], message = str(tmp_path / "nope.h5"), "no such file"
+    elif case == "weights object":
+        args["weights"] = "s3://models/nowhere/vgg16.weights.h5"
+        message = "--weights s3://models/nowhere/vgg16.weights.h5: no such object"
+    else:
+        version = tmp_path / "models" / "m" / "7"
+        version.mkdir(parents=True)
+        (version / "_MANIFEST.json").write_text("{}")
+        args["version"], message = "7", "version 7 of model 'm' already exists"
+    cli_args = ["--data", args["data"], "--output", args["output"], "--model-name", "m",
+                "--cache", args["cache"], "--weights", args["weights"]]
+    if args["version"]:
+        cli_args += ["--version", args["version"]]
+    result = CliRunner().invoke(cli, ["train", "--quiet", *cli_args])
+    assert not isinstance(result.exception, HeavyWorkStarted), case
+    assert result.exit_code == expected_code, (case, result.output)
+    assert message in error_line(result), (case, error_line(result))
