@@ -17,6 +17,16 @@ def cli() -> None:
     """Serve, pull and query VGG16 transfer models with TensorFlow Serving's API."""
 
 
+def _native_output(verbose: bool) -> None:
+    """TensorFlow's native start-up lines only with --verbose (contract.console)."""
+    from contract.console import silence_native_stderr
+
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        silence_native_stderr()
+
+
 def _fail_line(message: str, code: int) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
@@ -86,8 +96,10 @@ def _flag(name: str, *more: str, **kw):
        help="The grpc.health.v1 service (on by default here; off by default in TF Serving).")
 @_flag("max_request_bytes", type=int, default=defaults.MAX_REQUEST_BYTES,
        envvar="MAX_REQUEST_BYTES", help="Largest REST request body accepted (413 above).")
+@click.option("--verbose", is_flag=True,
+              help="Also show TensorFlow's native start-up and log lines.")
 @click.pass_context
-def local(ctx, **kwargs) -> None:
+def local(ctx, verbose, **kwargs) -> None:
     """Run the development model server: TF Serving's REST and gRPC API, without Docker.
 
     Takes tensorflow_model_server's own flag spellings too (--model_name=..., --port=8500,
@@ -124,6 +136,7 @@ def local(ctx, **kwargs) -> None:
     for what, port in ports:
         if port and not _can_bind(kwargs["host"], port):
             _fail_line(str(PortUnavailable(what, kwargs["host"], port)), EXIT_BAD_INPUT)
+    _native_output(verbose)
     from serving.devserver.config import ConfigError
     from serving.devserver.local import ServerOptions, serve
     from serving.logs import setup_logging
@@ -216,6 +229,8 @@ def pull(source, dest, watch, interval, keep, wait_timeout, quiet) -> None:
 # The client.
 
 def _server_options(f):
+    f = click.option("--verbose", is_flag=True,
+                     help="Also show TensorFlow's native start-up lines.")(f)
     f = click.option("--timeout", type=float, default=30.0,
                      help="Deadline for each call, in seconds.")(f)
     f = click.option("--model-name", required=True, envvar="MODEL_NAME",
@@ -229,9 +244,10 @@ def _server_options(f):
     return f
 
 
-def _connect(grpc_target, rest_url, timeout):
+def _connect(grpc_target, rest_url, timeout, verbose=False):
     from serving.client import ClientError, connect
 
+    _native_output(verbose)
     if bool(grpc_target) == bool(rest_url):
         raise click.UsageError("give exactly one of --grpc HOST:PORT or --rest URL")
     try:
@@ -261,8 +277,8 @@ def _client_call(fn):
               help="First wait up to this many seconds for the model to be AVAILABLE (a "
                    "server still starting); 0: do not wait.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def classify(grpc_target, rest_url, model_name, timeout, version, label, top_k, batch_size,
-             as_json, wait_s, images) -> None:
+def classify(grpc_target, rest_url, model_name, timeout, verbose, version, label, top_k,
+             batch_size, as_json, wait_s, images) -> None:
     """Classify image files with a served model."""
     import json
 
@@ -274,7 +290,7 @@ def classify(grpc_target, rest_url, model_name, timeout, version, label, top_k, 
         raise click.UsageError("--top-k and --batch-size must be at least 1")
     from serving.client import wait_until_available
 
-    with _connect(grpc_target, rest_url, timeout) as client:
+    with _connect(grpc_target, rest_url, timeout, verbose) as client:
         if wait_s > 0:
             _client_call(lambda: wait_until_available(client, model_name, wait_s))
         results = _client_call(lambda: classify_files(client, list(images), model_name,
@@ -304,9 +320,9 @@ def classify(grpc_target, rest_url, model_name, timeout, version, label, top_k, 
 @cli.command()
 @_server_options
 @click.option("--version", type=int, help="Only this version.")
-def status(grpc_target, rest_url, model_name, timeout, version) -> None:
+def status(grpc_target, rest_url, model_name, timeout, verbose, version) -> None:
     """Show a served model's versions and their states."""
-    with _connect(grpc_target, rest_url, timeout) as client:
+    with _connect(grpc_target, rest_url, timeout, verbose) as client:
         versions = _client_call(lambda: client.status(model_name, version))
     click.echo(f"{'version':>12}  {'state':<10} status")
     for v in versions:
@@ -318,9 +334,9 @@ def status(grpc_target, rest_url, model_name, timeout, version) -> None:
 @_server_options
 @click.option("--version", type=int, help="Ask for this version.")
 @click.option("--label", help="Ask for the version with this label.")
-def metadata(grpc_target, rest_url, model_name, timeout, version, label) -> None:
+def metadata(grpc_target, rest_url, model_name, timeout, verbose, version, label) -> None:
     """Show a served model's signatures (inputs and outputs)."""
-    with _connect(grpc_target, rest_url, timeout) as client:
+    with _connect(grpc_target, rest_url, timeout, verbose) as client:
         info = _client_call(lambda: client.metadata(model_name, version, label))
     click.echo(f"model {model_name} version {info['version']}")
     for name, sig in info["signatures"].items():

@@ -16,6 +16,7 @@ import time
 
 import click
 
+from contract.console import silence_native_stderr
 from contract.errors import UserError
 from trainer import config as defaults
 
@@ -89,14 +90,21 @@ def cli() -> None:
               help="Fail at once (exit 3) if TensorFlow sees no GPU, instead of training on "
                    "the CPU.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
+@click.option("--verbose", is_flag=True,
+              help="Also show TensorFlow's native start-up and log lines.")
 def train(data, output, model_name, epochs, batch_size, learning_rate, val_split, seed, weights,
-          cache, no_cache, min_val_accuracy, version, report_dir, require_gpu, quiet) -> None:
+          cache, no_cache, min_val_accuracy, version, report_dir, require_gpu, quiet,
+          verbose) -> None:
     """Train the softmax head on a frozen VGG16 and publish a SavedModel version."""
     if cache and no_cache:
         raise click.UsageError("--cache and --no-cache exclude each other")
     if not no_cache and cache is None:
         from platformdirs import user_cache_dir
         cache = f"{user_cache_dir('vgg16-transfer')}/features"
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        silence_native_stderr()
     _setup_logging(quiet)
     _terminate_on_sigterm()
     started = time.perf_counter()
