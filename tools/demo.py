@@ -55,6 +55,10 @@ class Demo:
         self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
     def run(self, *args: str) -> subprocess.CompletedProcess:
+        # Paths below the repository are shown and passed relative to it (the steps run
+        # there), so the transcript is the same on every machine.
+        args = tuple(a.relative_to(REPO) if isinstance(a, Path) and a.is_relative_to(REPO)
+                     else a for a in args)
         print(f"$ {' '.join(shlex.quote(str(a)) for a in args)}", flush=True)
         return subprocess.run([sys.executable, "-m", *map(str, args)], env=self.env, cwd=REPO,
                               check=True)
