@@ -54,6 +54,7 @@ class Puller:
             raise UserError(f"--keep must be at least 1, got {keep}")
         self.source: Location = open_location(source)
         self.dest = Path(dest).expanduser().absolute()
+        self.dest_shown = str(dest)  # as the user wrote it, in messages
         self.model_name = self.source.uri.rstrip("/").rsplit("/", 1)[-1]
         self._check_dest()
         self.keep = keep
@@ -255,7 +256,7 @@ def run_once_status(puller: Puller) -> tuple[int, str]:
             return EXIT_OK, (f"cannot sync ({e}); serving the local versions {local}")
         return e.exit_code, str(e)
     if result.local:
-        return EXIT_OK, f"versions present in {puller.dest}: {result.local}"
+        return EXIT_OK, f"versions present in {puller.dest_shown}: {result.local}"
     reasons = "; ".join(f"{v}: {r}" for v, r in result.rejected.items())
     # Nothing to serve yet is an environment state (the first training run has not
     # published), not bad input: exit 3, which a Kubernetes Job or init container retries.
