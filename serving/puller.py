@@ -150,11 +150,18 @@ class Puller:
     def install(self, version: int, manifest: Manifest) -> None:
         """Download, verify, and atomically rename into place."""
         staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-", dir=self.dest))
+        deleted = Rejected("deleted from the store while it was being downloaded")
         try:
-            self._download(version, manifest, staging)
+            try:
+                self._download(version, manifest, staging)
+            except Rejected as e:
+                # A file vanished mid-download because the whole version did: say that.
+                if not self.source.child(str(version)).exists(MANIFEST_FILE):
+                    raise deleted from e
+                raise
             # Deleted (or unpublished) while we downloaded: it no longer exists for readers.
             if not self.source.child(str(version)).exists(MANIFEST_FILE):
-                raise Rejected("deleted from the store while it was being downloaded")
+                raise deleted
             (staging / MANIFEST_FILE).write_text(manifest_text(manifest))
             os.chmod(staging, 0o755)  # mkdtemp makes it private; the server may be another user
             os.rename(staging, self.dest / str(version))
