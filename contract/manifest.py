@@ -13,8 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+from contract.names import MAX_VERSION
+
 MANIFEST_FILE = "_MANIFEST.json"
 FORMAT = 1
+# A real manifest is a few kilobytes; anything far bigger is refused unread.
+MAX_MANIFEST_BYTES = 1 << 20
 _HASH_CHUNK = 4 * 1024 * 1024
 
 
@@ -84,6 +88,8 @@ def safe_relative_path(path: object) -> str:
     p = PurePosixPath(path)
     if p.is_absolute() or "\\" in path or any(part in ("", ".", "..") for part in path.split("/")):
         raise ManifestError(f"file path {path!r} escapes the version folder")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in path):  # NUL and other control characters
+        raise ManifestError(f"file path {path!r} has a control character")
     if path == MANIFEST_FILE:
         raise ManifestError("the manifest cannot list itself")
     return path
@@ -100,10 +106,14 @@ def _require(raw: dict, key: str, kind: type | tuple[type, ...]) -> object:
 
 def parse_manifest(data: bytes, expected_version: int | None = None) -> Manifest:
     """Strictly parse a manifest; raises ManifestError with the reason when it is not valid."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"larger than {MAX_MANIFEST_BYTES} bytes")
     try:
         raw = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise ManifestError(f"not valid JSON ({e})") from e
+    except RecursionError as e:  # hostile nesting
+        raise ManifestError("nested too deeply") from e
     if not isinstance(raw, dict):
         raise ManifestError("top level is not a JSON object")
     fmt = _require(raw, "format", int)
@@ -111,8 +121,8 @@ def parse_manifest(data: bytes, expected_version: int | None = None) -> Manifest
         raise ManifestError(f"unknown manifest format {fmt} (this reader knows {FORMAT})")
     model_name = _require(raw, "model_name", str)
     version = _require(raw, "version", int)
-    if version <= 0:
-        raise ManifestError(f"version must be a positive integer, got {version}")
+    if not 0 < version <= MAX_VERSION:
+        raise ManifestError(f"version must be a positive integer below 2**63, got {version}")
     if expected_version is not None and version != expected_version:
         raise ManifestError(f"manifest says version {version} but lies in folder "
                             f"{expected_version}")
@@ -137,6 +147,12 @@ def parse_manifest(data: bytes, expected_version: int | None = None) -> Manifest
             raise ManifestError(f"file {path!r} is listed twice")
         seen.add(path)
         files.append(ManifestFile(path, size, digest))
+    for path in seen:  # "a" and "a/b" cannot both be files
+        parent = path.rsplit("/", 1)[0] if "/" in path else None
+        while parent:
+            if parent in seen:
+                raise ManifestError(f"{parent!r} is listed as a file and as a folder")
+            parent = parent.rsplit("/", 1)[0] if "/" in parent else None
     if "saved_model.pb" not in seen:
         raise ManifestError("the file list has no saved_model.pb")
     return Manifest(model_name, version, list(classes), files, raw)

@@ -90,7 +90,9 @@ class Location:
         """True when nothing at all lies below this location."""
         raise NotImplementedError
 
-    def read_bytes(self, path: str) -> bytes:
+    def read_bytes(self, path: str, limit: int | None = None) -> bytes:
+        """The file's bytes; with `limit`, at most limit + 1 of them are read, so a caller
+        can refuse an oversized file without holding it."""
         raise NotImplementedError
 
     def write_bytes(self, path: str, data: bytes) -> None:
@@ -180,8 +182,11 @@ class LocalLocation(Location):
     def is_empty(self) -> bool:
         return not self.root.is_dir() or not any(self.root.iterdir())
 
-    def read_bytes(self, path: str) -> bytes:
-        return self._path(path).read_bytes()
+    def read_bytes(self, path: str, limit: int | None = None) -> bytes:
+        if limit is None:
+            return self._path(path).read_bytes()
+        with self._path(path).open("rb") as f:
+            return f.read(limit + 1)
 
     def write_bytes(self, path: str, data: bytes) -> None:
         target = self._path(path)
@@ -345,12 +350,14 @@ class S3Location(Location):
                 Bucket=self.bucket, Prefix=self._dir_prefix(), MaxKeys=1)
         return resp.get("KeyCount", 0) == 0
 
-    def read_bytes(self, path: str) -> bytes:
+    def read_bytes(self, path: str, limit: int | None = None) -> bytes:
         from botocore.exceptions import ClientError
 
+        extra = {} if limit is None else {"Range": f"bytes=0-{limit}"}
         with s3_errors("cannot read", f"{self.uri}/{path}"):
             try:
-                resp = s3_client().get_object(Bucket=self.bucket, Key=self._key(path))
+                resp = s3_client().get_object(Bucket=self.bucket, Key=self._key(path),
+                                              **extra)
             except ClientError as e:
                 if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                     raise FileNotFoundError(f"{self.uri}/{path}") from e

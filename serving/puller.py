@@ -25,7 +25,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from contract.errors import EXIT_OK, EXIT_STORAGE, InputError, StorageError, UserError
-from contract.manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest, sha256_file
+from contract.manifest import (
+    MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    ManifestError,
+    parse_manifest,
+    sha256_file,
+)
 from contract.names import STAGING_PREFIX, parse_version
 from contract.storage import ByteProgress, LocalLocation, Location, open_location, run_parallel
 from serving.layout import SAVED_MODEL, base_path_problem
@@ -105,7 +112,8 @@ class Puller:
     def read_manifest(self, version: int) -> Manifest | None:
         """The version's manifest; None while it has none (not published yet)."""
         try:
-            data = self.source.child(str(version)).read_bytes(MANIFEST_FILE)
+            data = self.source.child(str(version)).read_bytes(MANIFEST_FILE,
+                                                              limit=MAX_MANIFEST_BYTES)
         except FileNotFoundError:
             return None
         try:
@@ -136,10 +144,13 @@ class Puller:
                     log.info("version %d has no manifest yet; ignored", version)
                     continue
                 self.install(version, manifest)
-            except Rejected as e:
+            except (Rejected, OSError, ValueError) as e:
+                # Whatever one version holds, it costs that version only and never stops
+                # the puller (an init container that crashed would keep every pod out).
+                reason = str(e) if isinstance(e, Rejected) else f"{type(e).__name__}: {e}"
                 log.warning("rejected version %d of %s: %s (will retry on a later sync)",
-                            version, self.model_name, e)
-                result.rejected[version] = str(e)
+                            version, self.model_name, reason)
+                result.rejected[version] = reason
                 continue
             result.installed.append(version)
             wanted.append(version)
@@ -177,6 +188,15 @@ class Puller:
             for f in manifest.files:  # a local source must not smuggle links in
                 if (remote.root / f.path).is_symlink():
                     raise Rejected(f"{f.path} is a symbolic link")
+        # Sizes first: an object that is not the size the manifest says is refused before a
+        # byte of it is downloaded.
+        stored = {e.path: e.size for e in remote.list_files()}
+        for f in manifest.files:
+            if f.path not in stored:
+                raise Rejected(f"{f.path} is missing")
+            if stored[f.path] != f.size:
+                raise Rejected(f"{f.path} has {stored[f.path]} bytes, the manifest says "
+                               f"{f.size}")
         total = sum(f.size for f in manifest.files)
         bar = tqdm(total=total, desc=f"pulling version {version}", unit="B", unit_scale=True,
                    unit_divisor=1024, disable=self.quiet)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from contract.manifest import MANIFEST_FILE, build_manifest, list_version_files
-from contract.storage import open_location, s3_client
+from contract.storage import S3Location, open_location, s3_client
 from serving.puller import Puller
 from tests.conftest import MODELS_BUCKET, REPO, aws_env_of, run_cli, unique
 from tools.seaweed import SeaweedFS
@@ -253,3 +253,67 @@ def test_bad_manifests_are_refused_with_their_reason(tmp_path, models_uri, chang
     result = Puller(f"{models_uri}/m", dest, keep=2, quiet=True).sync_once()
     assert reason in result.rejected[2]
     assert result.local == [1] and staging_left(dest) == []
+
+
+def _raw_manifest_version(tmp_path, models_uri, version_name: str, manifest_bytes: bytes,
+                          upload_files: bool = True) -> None:
+    """Version folder `version_name` in the store with the given manifest bytes."""
+    folder, files, _ = make_version(tmp_path, "m", 2)
+    remote = open_location(f"{models_uri}/m/{version_name}")
+    if upload_files:
+        for f in files:
+            remote.upload_file(f.path, folder / f.path, None)
+    remote.write_bytes(MANIFEST_FILE, manifest_bytes)
+
+
+@pytest.mark.parametrize("case", ["deep nesting", "huge", "a and a/b", "nul byte",
+                                  "version 2**64", "size before download"])
+def test_hostile_store_contents_reject_one_version_and_never_stop_the_puller(
+        tmp_path, models_uri, case, monkeypatch):
+    """Each of these escaped as an uncaught exception and crashed the init container (and
+    so every new pod); now each rejects only its version, with the reason."""
+    publish_fake(tmp_path, models_uri, "m", 1)
+    _, files, manifest = make_version(tmp_path, "m", 2)
+    expected = None
+    if case == "deep nesting":
+        body, expected = b"[" * 100_000 + b"]" * 100_000, "nested too deeply"
+    elif case == "huge":
+        body, expected = b" " * (2 << 20) + b"{}", "larger than 1048576 bytes"
+    elif case == "a and a/b":
+        manifest["files"] += [{"path": "assets", "size": 1, "sha256": "a" * 64}]
+        body, expected = json.dumps(manifest).encode(), "listed as a file and as a folder"
+    elif case == "nul byte":
+        manifest["files"][0]["path"] = "variables/x\u0000y"
+        body, expected = json.dumps(manifest).encode(), "control character"
+    elif case == "version 2**64":
+        manifest["version"] = 2**64
+        body, expected = json.dumps(manifest).encode(), "below 2**63"
+    else:  # the manifest says a file is tiny; the store holds a big one: refused unread
+        manifest["files"] = [dict(f, size=1) if f["path"].startswith("variables/variables.data")
+                             else f for f in manifest["files"]]
+        body, expected = json.dumps(manifest).encode(), "the manifest says 1"
+    _raw_manifest_version(tmp_path, models_uri, "2", body)
+    downloads = []
+    real_download = S3Location.download_file
+
+    def counting(self, path, local, progress=None):
+        downloads.append(f"{self.uri}/{path}")
+        return real_download(self, path, local, progress)
+
+    monkeypatch.setattr(S3Location, "download_file", counting)
+    dest = tmp_path / "serve" / "m"
+    result = Puller(f"{models_uri}/m", dest, keep=2, quiet=True).sync_once()
+    assert expected in result.rejected[2], result.rejected
+    assert result.local == [1] and staging_left(dest) == []
+    assert not [d for d in downloads if "/m/2/" in d]  # refused before any byte was fetched
+
+
+def test_version_folders_that_are_not_ascii_numbers_below_2_63_are_not_versions(
+        tmp_path, models_uri):
+    publish_fake(tmp_path, models_uri, "m", 1)
+    for name in ("²", str(2**64), "٣"):  # a superscript two, 2**64, an Arabic-Indic three
+        open_location(f"{models_uri}/m/{name}").write_bytes("saved_model.pb", b"x")
+    puller = Puller(f"{models_uri}/m", tmp_path / "serve" / "m", keep=1, quiet=True)
+    assert puller.remote_versions() == [1]
+    result = puller.sync_once()
+    assert result.local == [1] and result.rejected == {}  # --keep 1 kept the real version

@@ -312,6 +312,12 @@ def test_network_policies_admit_only_the_serving_ports(docs):
     policy = one(docs, "NetworkPolicy", "serving")
     [rule] = policy["spec"]["ingress"]
     assert sorted(p["port"] for p in rule["ports"]) == [8500, 8501]
+    # Not open to every pod: 8500 also serves ModelService (reload config, no auth).
+    assert rule["from"], "an ingress rule without `from` admits the whole cluster"
+    label = {"vgg16-transfer/model-client": "true"}
+    assert {"podSelector": {"matchLabels": label}} in rule["from"]
+    assert {"namespaceSelector": {"matchLabels": label}, "podSelector": {"matchLabels": label}} \
+        in rule["from"]
     egress_ports = {p["port"] for r in policy["spec"]["egress"] for p in r["ports"]}
     assert egress_ports == {53, 443}
     trainer = one(docs, "NetworkPolicy", "trainer")
