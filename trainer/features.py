@@ -53,8 +53,19 @@ class FeatureCache:
         self.location.write_bytes(self.key(image_sha256), buf.getvalue())
 
 
+def _entry_bytes() -> int:
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(FEATURE_DIM, np.float32), allow_pickle=False)
+    return len(buf.getvalue())
+
+
+# Every valid entry has exactly this many bytes: anything else is refused before it is
+# parsed (a 144-byte .npy may declare a shape of 2**40 and ask NumPy for terabytes).
+ENTRY_BYTES = _entry_bytes()
+
+
 def _decode_entry(data: bytes | None) -> np.ndarray | None:
-    if data is None:
+    if data is None or len(data) != ENTRY_BYTES:
         return None
     try:
         vector = np.load(io.BytesIO(data), allow_pickle=False)

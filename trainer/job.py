@@ -32,6 +32,7 @@ from trainer.report import (
     write_report,
 )
 from trainer.runtime import configure
+from trainer.sample_data import warmup_images
 from trainer.train import FitResult, fit_end_to_end, fit_on_features
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,10 @@ def run(config: TrainConfig) -> JobResult:
         # The plots are drawn while TensorFlow writes the SavedModel.
         with ThreadPoolExecutor(1) as pool:
             plots = pool.submit(write_plots, report_dir, metrics, fit.history)
+            # Warmup records are drawn, not taken from the dataset: a published model
+            # carries none of the user's images.
             export_saved_model(full_model(base, fit.head), images.classes, version_dir,
-                               [images.contents[i] for i in val])
+                               warmup_images())
             plots.result()
         t = lap("export", t)
         timings["total_before_publish"] = round(t - started, 3)

@@ -154,3 +154,10 @@ def write_sample_data(output_uri: str, num_classes: int, per_class: int, seed: i
             f.result()
             bar.update()
     return total
+
+
+def warmup_images(count: int = 3, seed: int = 0) -> list[bytes]:
+    """Synthetic images in the contract's formats for a model's warmup records (JPEG, PNG,
+    GIF...), so no training image is ever published inside a model."""
+    rng = np.random.default_rng(seed)
+    return [encode(render(i % MAX_CLASSES, rng), i, rng)[0] for i in range(count)]

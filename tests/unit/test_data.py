@@ -79,3 +79,28 @@ def test_decompression_bombs_are_refused_before_decoding(tmp_path):
     [skipped] = images.skipped
     assert skipped.path == "a/bomb.png"
     assert skipped.reason.startswith("image too large")
+
+
+def test_a_cache_entry_of_the_wrong_size_is_a_miss_before_it_is_parsed():
+    """A tiny .npy may declare a shape of 2**40: parsing it would ask for terabytes."""
+    import io
+
+    import numpy as np
+    from numpy.lib import format as npy
+
+    from contract.storage import open_location
+    from trainer.features import ENTRY_BYTES, FeatureCache
+
+    buf = io.BytesIO()
+    npy.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False,
+                                     "shape": (2**40,)})
+    hostile = buf.getvalue()
+    assert len(hostile) < 200 != ENTRY_BYTES
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = FeatureCache(open_location(tmp), "f" * 64)
+        cache.location.write_bytes(cache.key("a" * 64), hostile)
+        cache.put("b" * 64, np.ones(4096, np.float32))
+        found = cache.get_many(["a" * 64, "b" * 64])
+    assert list(found) == ["b" * 64]  # the hostile entry is a miss, the good one a hit
