@@ -20,6 +20,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from serving import defaults
 from serving.defaults import SERVED_MODELS_KEY
 from serving.devserver.errors import (
     PortUnavailable,
@@ -46,7 +47,8 @@ log = logging.getLogger(__name__)
 # "tensorflow.serving.PredictionService" gets NOT_FOUND from both servers.
 HEALTH_SERVICES = ("", "ModelService", "PredictionService")
 # TF Serving sets the server's message limit to INT32_MAX; the limit is the client's.
-MAX_MESSAGE_BYTES = 2**31 - 1
+# TF Serving allows INT32_MAX; the development server takes what its REST side takes
+# (--max-request-bytes, 64 MiB by default), so one message cannot exhaust its memory.
 
 
 def _ref(request) -> ModelRef:
@@ -179,11 +181,12 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def build_server(manager: ModelManager, inference: Inference, metrics: Metrics, host: str,
-                 port: int, threads: int, with_health: bool = True
+                 port: int, threads: int, with_health: bool = True,
+                 max_message_bytes: int = defaults.MAX_REQUEST_BYTES
                  ) -> tuple[grpc.Server, health.HealthServicer | None, int]:
     server = grpc.server(ThreadPoolExecutor(threads, thread_name_prefix="grpc"), options=[
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
     ])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(

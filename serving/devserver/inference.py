@@ -201,9 +201,25 @@ def replay_warmup(servable: Servable, inference: Inference) -> int:
     return count
 
 
+# The most values one request tensor may declare: a batch of 64 images of 224x224x3 floats
+# is 9.6 M. tf.make_ndarray allocates the declared shape first (a one-value TensorProto
+# declaring [2**40] is a 30-byte request asking for terabytes), so the shape is checked
+# before anything is allocated.
+MAX_TENSOR_ELEMENTS = 64 * 1024 * 1024
+
+
 def tensor_proto_to_ndarray(alias: str, proto) -> np.ndarray:
     import tensorflow as tf
 
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in dims):
+        raise invalid_argument(f"tensor parsing error: {alias}")
+    count = 1
+    for d in dims:
+        count *= d
+    if count > MAX_TENSOR_ELEMENTS:
+        raise invalid_argument(f"tensor {alias} declares {count} values, more than the "
+                               f"development server's limit of {MAX_TENSOR_ELEMENTS}")
     try:
         array = tf.make_ndarray(proto)
     except (TypeError, ValueError, KeyError, IndexError) as e:

@@ -72,7 +72,7 @@ def serve(options: ServerOptions) -> int:
         if options.enable_batching else None
 
     _size_thread_pools(options)
-    metrics = Metrics()
+    metrics = Metrics(known_models={c.name for c in configs})
     warmup_inference = Inference()  # warmup runs each record directly on the new version
     manager = ModelManager(configs, options.file_system_poll_wait_seconds,
                            warmup=lambda s: replay_warmup(s, warmup_inference),
@@ -88,7 +88,8 @@ def serve(options: ServerOptions) -> int:
     threads = 4 * (os.cpu_count() or 1)  # TF Serving's default for both servers
     grpc_server, health, grpc_port = build_server(
         manager, inference, metrics, options.host, options.port, threads,
-        with_health=options.enable_grpc_healthcheck_service)
+        with_health=options.enable_grpc_healthcheck_service,
+        max_message_bytes=options.max_request_bytes)
     grpc_server.start()
     log.info("Running gRPC ModelServer at %s:%d ...", options.host, grpc_port)
 

@@ -33,8 +33,12 @@ QUEUING_LATENCY_BUCKETS = _exponential(100, 1.2, 52)  # µs; batching/batching_s
 BATCH_SIZE_BUCKETS = _exponential(1, 2, 14)  # 1..8192; batching/batching_util.h
 
 
+UNKNOWN_MODEL_LABEL = "<unknown model>"
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, known_models: set[str] | None = None) -> None:
+        self.known_models = known_models
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.request_count = Counter(
@@ -66,6 +70,7 @@ class Metrics:
 
     def request(self, model_name: str, api: str, entrypoint: str, status: str,
                 seconds: float) -> None:
+        model_name = self._label(model_name)
         """A request: counted with its status; its latency only when it succeeded (TF
         Serving records latency for OK responses only: http_server.cc, and the gRPC
         PredictionServiceImpl)."""
@@ -75,7 +80,15 @@ class Metrics:
                 _tf_bucket(seconds * 1e6))
 
     def request_count_only(self, model_name: str, status: str) -> None:
-        self.request_count.labels(model_name, status).inc()
+        self.request_count.labels(self._label(model_name), status).inc()
+
+    def _label(self, model_name: str) -> str:
+        """Requests for models this server does not have are counted under one label
+        value: every new name would otherwise add a metric series for ever (TF Serving
+        uses the requested name)."""
+        if self.known_models is None or model_name in self.known_models:
+            return model_name
+        return UNKNOWN_MODEL_LABEL
 
     def batch_input(self, size: int) -> None:
         self.input_batch_size.observe(_tf_bucket(size))

@@ -265,3 +265,34 @@ def test_grpc_requests_are_counted_under_their_api(server, predict, tiny_model):
     _, _, page = http("GET", f"{server.rest_url}/monitoring/prometheus/metrics")
     assert ':tensorflow:serving:request_latency_count{model_name="tiny",API="Predict",' \
         'entrypoint="GRPC"}' in page
+
+
+def test_a_tiny_request_cannot_ask_for_terabytes(predict, tiny_model):
+    """A TensorProto declaring [2**40] with one value: make_ndarray would allocate it all."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "tiny"
+    proto = request.inputs["image_bytes"]
+    proto.dtype = tf.string.as_datatype_enum
+    proto.tensor_shape.dim.add(size=2**40)
+    proto.string_val.append(b"x")
+    assert request.ByteSize() < 100
+    error = rpc_error(predict.Predict, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "declares 1099511627776 values" in error.details()
+    # Still serving.
+    assert predict.Predict(predict_request([tiny_model.files[0][1]]), timeout=TIMEOUT)
+
+
+def test_messages_over_the_request_limit_are_refused(server, predict):
+    """The server fixture runs with --max-request-bytes 8000000: gRPC messages too."""
+    request = predict_request([b"x" * 9_000_000])
+    error = rpc_error(predict.Predict, request)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_unknown_model_names_share_one_metrics_label(server, predict, tiny_model):
+    for name in ("nope-a", "nope-b"):
+        rpc_error(predict.Predict, predict_request([tiny_model.files[0][1]], name=name))
+    _, _, page = http("GET", f"{server.rest_url}/monitoring/prometheus/metrics")
+    assert 'model_name="<unknown model>"' in page
+    assert "nope-a" not in page and "nope-b" not in page
