@@ -15,6 +15,14 @@ import os
 import sys
 
 
+def native_output(verbose: bool) -> None:
+    """--verbose: TensorFlow logs everything it has; otherwise its native lines are dropped."""
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        silence_native_stderr()
+
+
 def silence_native_stderr() -> None:
     """From now on in this process, native writes to descriptor 2 are dropped and Python's
     `sys.stderr` keeps writing where stderr went. Call before logging or progress bars are

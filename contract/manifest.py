@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
-from contract.names import MAX_VERSION
+from contract.names import MAX_VERSION, SAVED_MODEL_FILE
 
 MANIFEST_FILE = "_MANIFEST.json"
 FORMAT = 1
@@ -153,6 +153,6 @@ def parse_manifest(data: bytes, expected_version: int | None = None) -> Manifest
             if parent in seen:
                 raise ManifestError(f"{parent!r} is listed as a file and as a folder")
             parent = parent.rsplit("/", 1)[0] if "/" in parent else None
-    if "saved_model.pb" not in seen:
-        raise ManifestError("the file list has no saved_model.pb")
+    if SAVED_MODEL_FILE not in seen:
+        raise ManifestError(f"the file list has no {SAVED_MODEL_FILE}")
     return Manifest(model_name, version, list(classes), files, raw)

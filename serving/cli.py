@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from contract.console import native_output
 from contract.errors import EXIT_BAD_INPUT
 from serving import defaults
 
@@ -15,16 +16,6 @@ from serving import defaults
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 def cli() -> None:
     """Serve, pull and query VGG16 transfer models with TensorFlow Serving's API."""
-
-
-def _native_output(verbose: bool) -> None:
-    """TensorFlow's native start-up lines only with --verbose (contract.console)."""
-    from contract.console import silence_native_stderr
-
-    if verbose:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-    else:
-        silence_native_stderr()
 
 
 def _fail_line(message: str, code: int) -> None:
@@ -136,7 +127,7 @@ def local(ctx, verbose, **kwargs) -> None:
     for what, port in ports:
         if port and not _can_bind(kwargs["host"], port):
             _fail_line(str(PortUnavailable(what, kwargs["host"], port)), EXIT_BAD_INPUT)
-    _native_output(verbose)
+    native_output(verbose)
     from serving.devserver.config import ConfigError
     from serving.devserver.local import ServerOptions, serve
     from serving.logs import setup_logging
@@ -247,7 +238,7 @@ def _server_options(f):
 def _connect(grpc_target, rest_url, timeout, verbose=False):
     from serving.client import ClientError, connect
 
-    _native_output(verbose)
+    native_output(verbose)
     if bool(grpc_target) == bool(rest_url):
         raise click.UsageError("give exactly one of --grpc HOST:PORT or --rest URL")
     try:

@@ -16,7 +16,7 @@ import time
 
 import click
 
-from contract.console import silence_native_stderr
+from contract.console import native_output
 from contract.errors import UserError
 from trainer import config as defaults
 
@@ -101,10 +101,7 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
     if not no_cache and cache is None:
         from platformdirs import user_cache_dir
         cache = f"{user_cache_dir('vgg16-transfer')}/features"
-    if verbose:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-    else:
-        silence_native_stderr()
+    native_output(verbose)
     _setup_logging(quiet)
     _terminate_on_sigterm()
     started = time.perf_counter()

@@ -21,7 +21,6 @@ from trainer.data import ImageSet, check_class_sizes, load_images, stratified_sp
 from trainer.export import export_saved_model
 from trainer.features import FeatureCache, decodable, extract_features
 from trainer.model import BaseModel, build_base, full_model
-from trainer.preflight import preflight
 from trainer.preprocessing import IMAGE_SIZE, PREPROCESSING, PREPROCESSING_VERSION
 from trainer.publish import publish
 from trainer.report import (
@@ -67,9 +66,8 @@ def run(config: TrainConfig) -> JobResult:
         return now
 
     t = started
-    # Before any image is read: every location, the weights and the version are checked,
-    # and a GPU run on a node where TensorFlow sees none stops here.
-    preflight(config)
+    # Before any image is read (the CLI has already run trainer.preflight): a GPU run on a
+    # node where TensorFlow sees none stops here.
     runtime = configure(config.require_gpu)
     images = load_images(config.data, quiet=config.quiet)
     t = lap("read_images", t)

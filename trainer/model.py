@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from contract.errors import InputError, StorageError
+from trainer.preflight import check_weights_file
 from trainer.preprocessing import IMAGE_SIZE
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,7 @@ def _fetch_weights_file(weights: str, workdir: Path) -> str:
         local = workdir / name
         open_location(parent).download_file(name, local)
         return str(local)
-    path = Path(weights.removeprefix("file://")).expanduser()
-    if not path.is_file():
-        raise InputError(f"--weights {weights}: no such file (expected 'imagenet', 'none', "
-                         "or a Keras .h5/.weights.h5 file)")
-    return str(path)
+    return str(check_weights_file(weights))
 
 
 def imagenet_weights_file() -> Path | None:

@@ -4,7 +4,8 @@ it reads an image, builds VGG16 or computes a feature.
 A missing output bucket, an unwritable cache, a weights file that is not there or a version
 that is already published used to be found after the whole run (the weights loaded, every
 image read and its features computed). Each now fails at once, with the run's own one-line
-error and exit code (2 bad input, 3 storage or credentials).
+error and exit code (2 bad input, 3 storage or credentials). The CLI runs these before it
+imports TensorFlow; `trainer.job.run` expects a configuration that passed them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from contract.errors import InputError, UserError
 from contract.manifest import MANIFEST_FILE
 from contract.storage import open_location
 from trainer.config import TrainConfig
+from trainer.publish import already_published
 
 
 def _about(flag: str, value: str, check) -> None:
@@ -31,24 +33,26 @@ def preflight(config: TrainConfig) -> None:
         raise InputError(f"--data {config.data}: location does not exist or is empty")
     models = open_location(config.output).child(config.model_name)
     _about("--output", config.output, models.check_writable)
-    if config.version is not None and \
-            models.child(str(config.version)).exists(MANIFEST_FILE):
-        raise InputError(f"version {config.version} of model {config.model_name!r} already "
-                         f"exists at {models.child(str(config.version)).uri}; published "
-                         "versions are never overwritten (choose another --version)")
+    if config.version is not None:
+        version = models.child(str(config.version))
+        if version.exists(MANIFEST_FILE):
+            raise already_published(config.model_name, config.version, version.uri)
     if config.cache is not None:
         cache = open_location(config.cache)
         _about("--cache", config.cache, cache.check_writable)
     if config.weights not in ("imagenet", "none"):
-        _check_weights_file(config.weights)
+        check_weights_file(config.weights)
 
 
-def _check_weights_file(weights: str) -> None:
+def check_weights_file(weights: str) -> Path | None:
+    """A --weights file or s3:// object is there; returns the local path for a file."""
     if weights.startswith("s3://"):
         parent, _, name = weights.rstrip("/").rpartition("/")
         if not open_location(parent).exists(name):
             raise InputError(f"--weights {weights}: no such object")
-        return
-    if not Path(weights.removeprefix("file://")).expanduser().is_file():
+        return None
+    path = Path(weights.removeprefix("file://")).expanduser()
+    if not path.is_file():
         raise InputError(f"--weights {weights}: no such file (expected 'imagenet', 'none', "
                          "or a Keras .h5/.weights.h5 file)")
+    return path

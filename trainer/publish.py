@@ -25,7 +25,7 @@ from contract.storage import ByteProgress, LocalLocation, Location, open_locatio
 log = logging.getLogger(__name__)
 
 
-def _already_published(model_name: str, version: int, where: str) -> InputError:
+def already_published(model_name: str, version: int, where: str) -> InputError:
     return InputError(f"version {version} of model {model_name!r} already exists at {where}; "
                       "published versions are never overwritten (choose another --version)")
 
@@ -44,7 +44,7 @@ def _publish_local(version_dir: Path, models: LocalLocation, model_name: str,
                    version: int) -> str:
     final = models.root / str(version)
     if final.exists():
-        raise _already_published(model_name, version, str(final))
+        raise already_published(model_name, version, str(final))
     models.root.mkdir(parents=True, exist_ok=True)
     # A non-numeric hidden name: TF Serving and the puller ignore it until the rename.
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-", dir=models.root))
@@ -57,7 +57,7 @@ def _publish_local(version_dir: Path, models: LocalLocation, model_name: str,
         try:
             os.rename(assembled, final)  # atomic; fails if `final` appeared meanwhile
         except OSError as e:
-            raise _already_published(model_name, version, str(final)) from e
+            raise already_published(model_name, version, str(final)) from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return str(final)
@@ -68,7 +68,7 @@ def _publish_remote(version_dir: Path, files: list[ManifestFile], models: Locati
     target = models.child(str(version))
     existing = [e.path for e in target.list_files()]
     if MANIFEST_FILE in existing:
-        raise _already_published(model_name, version, target.uri)
+        raise already_published(model_name, version, target.uri)
     if existing:
         # No manifest: an earlier upload died half-way. Readers never saw it; clear it.
         log.warning("removing %d files of an incomplete earlier upload at %s",
@@ -93,5 +93,5 @@ def _publish_remote(version_dir: Path, files: list[ManifestFile], models: Locati
             target.delete([f.path for f in files])
         raise
     if race:  # another run published this version while we uploaded: its files are now ours
-        raise _already_published(model_name, version, target.uri)
+        raise already_published(model_name, version, target.uri)
     return target.uri
