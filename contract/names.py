@@ -18,6 +18,7 @@ ERROR_OUTPUT = "error"  # "" for a good image, else why it could not be classifi
 SAVED_MODEL_FILE = "saved_model.pb"
 LABELS_FILE = "labels.txt"  # under assets/
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+SIGNATURE_FILE = "model.sig"  # OpenSSF model signing, when the trainer has a key
 # A version folder is being assembled under a hidden, non-numeric name that starts with
 # this; TF Serving and the puller ignore such folders until they are renamed to a number.
 STAGING_PREFIX = ".incoming-"

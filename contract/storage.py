@@ -36,10 +36,13 @@ MULTIPART_THRESHOLD = 64 * 1024 * 1024
 
 @dataclass(frozen=True)
 class FileEntry:
-    """A file below a location: its path relative to the location ('/'-separated) and size."""
+    """A file below a location: its path relative to the location ('/'-separated), its
+    size, and a tag that changes whenever its content may have (S3 ETag + last-modified;
+    a local file's mtime in ns)."""
 
     path: str
     size: int
+    tag: str = ""
 
 
 def open_location(uri: str) -> Location:
@@ -151,10 +154,11 @@ class LocalLocation(Location):
                 full = Path(dirpath) / name
                 rel = full.relative_to(self.root).as_posix()
                 try:
-                    size = full.stat().st_size
+                    st = full.stat()
+                    size, tag = st.st_size, str(st.st_mtime_ns)
                 except OSError:  # a broken symlink: listed, and reading it will fail visibly
-                    size = -1
-                entries.append(FileEntry(rel, size))
+                    size, tag = -1, ""
+                entries.append(FileEntry(rel, size, tag))
         return sorted(entries, key=lambda e: e.path)
 
     def list_dirs(self) -> list[str]:
@@ -304,7 +308,9 @@ class S3Location(Location):
                 for obj in page.get("Contents", []):
                     rel = obj["Key"][len(base):]
                     if rel and not rel.endswith("/"):  # skip folder marker objects
-                        entries.append(FileEntry(rel, int(obj["Size"])))
+                        entries.append(FileEntry(rel, int(obj["Size"]),
+                                                 f"{obj.get('ETag', '')}@"
+                                                 f"{obj.get('LastModified', '')}"))
         return sorted(entries, key=lambda e: e.path)
 
     def list_dirs(self) -> list[str]:

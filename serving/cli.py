@@ -183,8 +183,12 @@ def main() -> None:
               help="Without --watch: when no verified version exists yet, keep polling every "
                    "--interval seconds for up to this many seconds (a log line a minute) "
                    "instead of failing at once. 0: do not wait.")
+@click.option("--verify-key", type=click.Path(dir_okay=False), default=None,
+              envvar="VERIFY_KEY",
+              help="PEM EC public key: install only versions whose model.sig (OpenSSF model "
+                   "signing) verifies with it; unsigned versions are refused.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def pull(source, dest, watch, interval, keep, wait_timeout, quiet) -> None:
+def pull(source, dest, watch, interval, keep, wait_timeout, verify_key, quiet) -> None:
     """Bring verified model versions from object storage to a local folder.
 
     Exit codes without --watch: 0 a verified version is present locally; 2 bad usage;
@@ -202,7 +206,7 @@ def pull(source, dest, watch, interval, keep, wait_timeout, quiet) -> None:
         raise click.UsageError("--wait-timeout must be >= 0 and --interval > 0")
     setup_logging()
     try:
-        puller = Puller(source, dest, keep=keep, quiet=quiet)
+        puller = Puller(source, dest, keep=keep, quiet=quiet, verify_key=_verify_key(verify_key))
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
@@ -214,6 +218,60 @@ def pull(source, dest, watch, interval, keep, wait_timeout, quiet) -> None:
         sys.exit(code)
     puller.watch(interval, stop)
     click.echo("stopped")
+
+
+def _verify_key(path: str | None):
+    """The loaded --verify-key, or None; a bad key file fails here, before any download."""
+    if path is None:
+        return None
+    from contract.signing import VerifyKey
+
+    return VerifyKey.load(path)
+
+
+@cli.command()
+@click.option("--source", required=True, metavar="URI/NAME/VERSION",
+              help="One published version: <models-uri>/<model-name>/<version>.")
+@click.option("--verify-key", required=True, type=click.Path(dir_okay=False),
+              envvar="VERIFY_KEY", help="PEM EC public key the version must be signed with.")
+def verify(source, verify_key) -> None:
+    """Check one published version's signature and files, as `pull --verify-key` would.
+
+    Exit codes: 0 verified; 2 refused (the line says why: unsigned, another key, a file that
+    does not match) or bad usage; 3 the store cannot be reached."""
+    import tempfile
+    from pathlib import Path
+
+    from contract.errors import EXIT_OK, InputError, UserError
+    from contract.manifest import MANIFEST_FILE
+    from contract.names import parse_version
+    from serving.puller import Puller, Rejected
+
+    parent, _, version_text = source.rstrip("/").rpartition("/")
+    version = parse_version(version_text)
+    try:
+        if version is None or not parent:
+            raise InputError(f"--source {source}: expected <models-uri>/<model-name>/<version> "
+                             "with a numeric version")
+        key = _verify_key(verify_key)
+        with tempfile.TemporaryDirectory(prefix="serving-verify-") as work:
+            name = parent.rsplit("/", 1)[-1]
+            puller = Puller(parent, Path(work) / name, quiet=True, verify_key=key)
+            stored = {e.path: e for e in puller.source.child(version_text).list_files()}
+            if MANIFEST_FILE not in stored:
+                raise InputError(f"{source}: no such published version (no {MANIFEST_FILE})")
+            try:
+                manifest = puller.read_manifest(version)
+                puller.install(version, manifest, stored)
+            except (Rejected, OSError, ValueError) as e:
+                click.echo(f"error: version {version} of {name} refused: {e}", err=True)
+                sys.exit(EXIT_BAD_INPUT)
+    except UserError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    click.echo(f"verified: version {version} of {name} ({len(manifest.files)} files) is "
+               f"signed by key {key.key_id}")
+    sys.exit(EXIT_OK)
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 # contract package and serving/ only (no trainer/, no TensorFlow); the client commands need
 # the project's full environment.
 #   docker build -f serving/puller.Dockerfile -t vgg16-transfer/puller:0.1.0 .
-# Only the puller's own dependencies are installed (requirements/puller.lock: boto3, click,
-# tqdm); it imports nothing from TensorFlow.
+# Only the puller's own dependencies are installed (requirements/puller.lock, hashed: boto3,
+# click, tqdm, model-signing); it imports nothing from TensorFlow.
 ARG PYTHON_VERSION=3.11.14
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
@@ -17,14 +17,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY requirements/puller.lock requirements/puller.lock
-RUN pip install --no-deps -r requirements/puller.lock
+RUN pip install --no-deps --require-hashes -r requirements/puller.lock
 
 COPY pyproject.toml README.md ./
 COPY contract/ contract/
 COPY serving/ serving/
 # /models is created owned by the puller so an empty Docker volume mounted there starts
 # writable for it.
-RUN pip install --no-deps . \
+RUN pip install --no-deps --no-build-isolation . \
     && useradd --uid "${UID}" --no-create-home --home-dir /tmp --shell /usr/sbin/nologin puller \
     && mkdir /models && chown "${UID}:${UID}" /models
 

@@ -5,13 +5,17 @@ folder this fills: `<dest>/<version>/`. A version is considered only once its
 `_MANIFEST.json` exists and parses (the trainer writes it last). Every listed file is
 downloaded into a hidden temporary folder inside `dest`, its size and sha256 checked, and
 only then is the folder renamed into place: a polling server never sees a partial or
-tampered version. The newest `keep` versions stay; older ones are removed. Nothing local is
-ever removed because the store cannot be reached.
+tampered version. With a verify key, the version's `model.sig` is checked first (before any
+other file is fetched) and the staged folder verified again before the rename. A rejected
+version is tried again only when something of it changes in the store. The newest `keep`
+versions stay; older ones are removed. Nothing local is ever removed because the store
+cannot be reached.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -30,11 +34,20 @@ from contract.manifest import (
     MAX_MANIFEST_BYTES,
     Manifest,
     ManifestError,
+    ManifestFile,
     parse_manifest,
     sha256_file,
 )
-from contract.names import STAGING_PREFIX, parse_version
-from contract.storage import ByteProgress, LocalLocation, Location, open_location, run_parallel
+from contract.names import SIGNATURE_FILE, STAGING_PREFIX, parse_version
+from contract.signing import MAX_SIGNATURE_BYTES, SignatureError, VerifyKey
+from contract.storage import (
+    ByteProgress,
+    FileEntry,
+    LocalLocation,
+    Location,
+    open_location,
+    run_parallel,
+)
 from serving.layout import SAVED_MODEL, base_path_problem
 
 log = logging.getLogger(__name__)
@@ -56,7 +69,8 @@ class SyncResult:
 
 
 class Puller:
-    def __init__(self, source: str, dest: str | Path, keep: int = 2, quiet: bool = False):
+    def __init__(self, source: str, dest: str | Path, keep: int = 2, quiet: bool = False,
+                 verify_key: VerifyKey | None = None):
         if keep < 1:
             raise UserError(f"--keep must be at least 1, got {keep}")
         self.source: Location = open_location(source)
@@ -66,6 +80,8 @@ class Puller:
         self._check_dest()
         self.keep = keep
         self.quiet = quiet
+        self.verify_key = verify_key  # None: signatures are not required
+        self._rejected: dict[int, tuple[str, str]] = {}  # version -> (store state, reason)
 
     def _check_dest(self) -> None:
         """--dest is the model's own folder (TF Serving's base path), not a version folder
@@ -109,13 +125,10 @@ class Puller:
         return sorted((v for v in map(parse_version, self.source.list_dirs()) if v),
                       reverse=True)
 
-    def read_manifest(self, version: int) -> Manifest | None:
-        """The version's manifest; None while it has none (not published yet)."""
-        try:
-            data = self.source.child(str(version)).read_bytes(MANIFEST_FILE,
-                                                              limit=MAX_MANIFEST_BYTES)
-        except FileNotFoundError:
-            return None
+    def read_manifest(self, version: int) -> Manifest:
+        """The version's manifest, parsed strictly."""
+        data = self.source.child(str(version)).read_bytes(MANIFEST_FILE,
+                                                          limit=MAX_MANIFEST_BYTES)
         try:
             manifest = parse_manifest(data, expected_version=version)
         except ManifestError as e:
@@ -138,33 +151,44 @@ class Puller:
             if version in local:
                 wanted.append(version)
                 continue
+            listing = self.source.child(str(version)).list_files()
+            stored = {e.path: e for e in listing}
+            if MANIFEST_FILE not in stored:
+                log.info("version %d has no manifest yet; ignored", version)
+                continue
+            # A rejected version is tried again only once something in it changed.
+            state = hashlib.sha256(repr(sorted(listing, key=lambda e: e.path)).encode()) \
+                .hexdigest()
+            seen = self._rejected.get(version)
+            if seen is not None and seen[0] == state:
+                result.rejected[version] = seen[1]
+                continue
             try:
-                manifest = self.read_manifest(version)
-                if manifest is None:
-                    log.info("version %d has no manifest yet; ignored", version)
-                    continue
-                self.install(version, manifest)
+                self.install(version, self.read_manifest(version), stored)
             except (Rejected, OSError, ValueError) as e:
                 # Whatever one version holds, it costs that version only and never stops
                 # the puller (an init container that crashed would keep every pod out).
                 reason = str(e) if isinstance(e, Rejected) else f"{type(e).__name__}: {e}"
-                log.warning("rejected version %d of %s: %s (will retry on a later sync)",
-                            version, self.model_name, reason)
+                log.warning("rejected version %d of %s: %s (tried again when it changes in "
+                            "the store)", version, self.model_name, reason)
                 result.rejected[version] = reason
+                self._rejected[version] = (state, reason)
                 continue
+            self._rejected.pop(version, None)
             result.installed.append(version)
             wanted.append(version)
         result.removed = self.prune()
         result.local = self.local_versions()
         return result
 
-    def install(self, version: int, manifest: Manifest) -> None:
+    def install(self, version: int, manifest: Manifest, stored: dict[str, FileEntry]) -> None:
         """Download, verify, and atomically rename into place."""
+        self.dest.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-", dir=self.dest))
         deleted = Rejected("deleted from the store while it was being downloaded")
         try:
             try:
-                self._download(version, manifest, staging)
+                self._download(version, manifest, stored, staging)
             except Rejected as e:
                 # A file vanished mid-download because the whole version did: say that.
                 if not self.source.child(str(version)).exists(MANIFEST_FILE):
@@ -173,16 +197,28 @@ class Puller:
             # Deleted (or unpublished) while we downloaded: it no longer exists for readers.
             if not self.source.child(str(version)).exists(MANIFEST_FILE):
                 raise deleted
+            if self.verify_key is not None:
+                self._verify(self.verify_key.verify_folder, staging)
             (staging / MANIFEST_FILE).write_text(manifest_text(manifest))
             os.chmod(staging, 0o755)  # mkdtemp makes it private; the server may be another user
             os.rename(staging, self.dest / str(version))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        log.info("installed version %d of %s (%d files, %.1f MB)", version, self.model_name,
-                 len(manifest.files), sum(f.size for f in manifest.files) / 1e6)
+        signed = f", signature verified with key {self.verify_key.key_id}" \
+            if self.verify_key is not None else ""
+        log.info("installed version %d of %s (%d files, %.1f MB%s)", version, self.model_name,
+                 len(manifest.files), sum(f.size for f in manifest.files) / 1e6, signed)
 
-    def _download(self, version: int, manifest: Manifest, staging: Path) -> None:
+    @staticmethod
+    def _verify(check, *args):
+        try:
+            return check(*args)
+        except SignatureError as e:
+            raise Rejected(f"signature: {e}") from None
+
+    def _download(self, version: int, manifest: Manifest, stored: dict[str, FileEntry],
+                  staging: Path) -> None:
         remote = self.source.child(str(version))
         if isinstance(remote, LocalLocation):
             for f in manifest.files:  # a local source must not smuggle links in
@@ -190,39 +226,55 @@ class Puller:
                     raise Rejected(f"{f.path} is a symbolic link")
         # Sizes first: an object that is not the size the manifest says is refused before a
         # byte of it is downloaded.
-        stored = {e.path: e.size for e in remote.list_files()}
         for f in manifest.files:
             if f.path not in stored:
                 raise Rejected(f"{f.path} is missing")
-            if stored[f.path] != f.size:
-                raise Rejected(f"{f.path} has {stored[f.path]} bytes, the manifest says "
+            if stored[f.path].size != f.size:
+                raise Rejected(f"{f.path} has {stored[f.path].size} bytes, the manifest says "
                                f"{f.size}")
-        total = sum(f.size for f in manifest.files)
+        files = manifest.files
+        if self.verify_key is not None:
+            # The signature before any other file: a version not signed by our key costs
+            # one small download, and the manifest must list exactly what was signed.
+            [sig] = [f for f in files if f.path == SIGNATURE_FILE] or [None]
+            if sig is None:
+                raise Rejected(f"signature: unsigned (no {SIGNATURE_FILE}), and --verify-key "
+                               "requires one")
+            if sig.size > MAX_SIGNATURE_BYTES:
+                raise Rejected(f"signature: {SIGNATURE_FILE} has {sig.size} bytes (at most "
+                               f"{MAX_SIGNATURE_BYTES})")
+            self._fetch(remote, sig, staging, None)
+            signed = self._verify(self.verify_key.signed_digests, staging / SIGNATURE_FILE)
+            self._verify(self.verify_key.check_listing, signed,
+                         {f.path: f.sha256 for f in files})
+            files = [f for f in files if f.path != SIGNATURE_FILE]
+        total = sum(f.size for f in files)
         bar = tqdm(total=total, desc=f"pulling version {version}", unit="B", unit_scale=True,
                    unit_divisor=1024, disable=self.quiet)
         progress = ByteProgress(bar)
-
-        def fetch(f) -> None:
-            target = (staging / f.path).resolve()
-            if not target.is_relative_to(staging.resolve()):
-                raise Rejected(f"{f.path} escapes the version folder")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                remote.download_file(f.path, target, progress)
-            except UserError as e:
-                if isinstance(e, StorageError):
-                    raise
-                raise Rejected(f"{f.path}: {e}") from e  # deleted while we downloaded, say
-            except FileNotFoundError as e:
-                raise Rejected(f"{f.path} is missing") from e
-            size = target.stat().st_size
-            if size != f.size:
-                raise Rejected(f"{f.path} has {size} bytes, the manifest says {f.size}")
-            if sha256_file(target) != f.sha256:
-                raise Rejected(f"{f.path} does not match its sha256 in the manifest")
-
         with bar:
-            run_parallel(fetch, sorted(manifest.files, key=lambda f: -f.size), DOWNLOAD_WORKERS)
+            run_parallel(lambda f: self._fetch(remote, f, staging, progress),
+                         sorted(files, key=lambda f: -f.size), DOWNLOAD_WORKERS)
+
+    @staticmethod
+    def _fetch(remote: Location, f: ManifestFile, staging: Path, progress) -> None:
+        target = (staging / f.path).resolve()
+        if not target.is_relative_to(staging.resolve()):
+            raise Rejected(f"{f.path} escapes the version folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            remote.download_file(f.path, target, progress)
+        except UserError as e:
+            if isinstance(e, StorageError):
+                raise
+            raise Rejected(f"{f.path}: {e}") from e  # deleted while we downloaded, say
+        except FileNotFoundError as e:
+            raise Rejected(f"{f.path} is missing") from e
+        size = target.stat().st_size
+        if size != f.size:
+            raise Rejected(f"{f.path} has {size} bytes, the manifest says {f.size}")
+        if sha256_file(target) != f.sha256:
+            raise Rejected(f"{f.path} does not match its sha256 in the manifest")
 
     def prune(self) -> list[int]:
         """Keep the newest `keep` installed versions; the newest is never removed."""
@@ -283,7 +335,9 @@ def run_once_status(puller: Puller) -> tuple[int, str]:
             return EXIT_OK, (f"cannot sync ({e}); serving the local versions {local}")
         return e.exit_code, str(e)
     if result.local:
-        return EXIT_OK, f"versions present in {puller.dest_shown}: {result.local}"
+        signed = f" (signatures verified with key {puller.verify_key.key_id})" \
+            if puller.verify_key is not None else ""
+        return EXIT_OK, f"versions present in {puller.dest_shown}: {result.local}{signed}"
     reasons = "; ".join(f"{v}: {r}" for v, r in result.rejected.items())
     # Nothing to serve yet is an environment state (the first training run has not
     # published), not bad input: exit 3, which a Kubernetes Job or init container retries.

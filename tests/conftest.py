@@ -103,6 +103,25 @@ def run_cli(module: str, *args: str, env: dict | None = None, timeout: float = 6
     return proc
 
 
+def write_key_pair(stem: Path) -> tuple[Path, Path]:
+    """An EC P-256 key pair: <stem>.pem (private) and <stem>.pub (public)."""
+    from contract.signing import make_key_pair
+
+    private, public = stem.with_suffix(".pem"), stem.with_suffix(".pub")
+    assert make_key_pair(private, public)
+    return private, public
+
+
+@pytest.fixture(scope="session")
+def signing_keys(tmp_path_factory) -> dict[str, Path]:
+    """The trainer's key pair, and another one (an attacker's, or last year's)."""
+    root = tmp_path_factory.mktemp("keys")
+    private, public = write_key_pair(root / "trainer")
+    other_private, other_public = write_key_pair(root / "other")
+    return {"private": private, "public": public, "other_private": other_private,
+            "other_public": other_public}
+
+
 @pytest.fixture(scope="session")
 def sample_s3(seaweed):
     """2 classes x 50 sample images in S3 (the issue's acceptance dataset)."""
@@ -113,13 +132,15 @@ def sample_s3(seaweed):
 
 
 @pytest.fixture(scope="session")
-def published_s3(seaweed, sample_s3):
-    """One full CLI training run: S3 data -> S3 models, S3 feature cache, --weights none."""
+def published_s3(seaweed, sample_s3, signing_keys):
+    """One full CLI training run: S3 data -> S3 models, S3 feature cache, --weights none,
+    signed with the trainer's key (SIGNING_KEY, as the Kubernetes Job sets it)."""
     models = f"s3://{MODELS_BUCKET}/{unique('run')}"
     cache = f"s3://{CACHE_BUCKET}/{unique('features')}"
     proc = run_cli("trainer", "train", "--data", sample_s3, "--output", models,
                    "--model-name", "demo", "--weights", "none", "--cache", cache,
-                   "--version", "1", check=True)
+                   "--version", "1", env={"SIGNING_KEY": str(signing_keys["private"])},
+                   check=True)
     return {"models": models, "cache": cache, "data": sample_s3, "proc": proc,
             "version_uri": f"{models}/demo/1"}
 

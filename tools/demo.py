@@ -94,14 +94,19 @@ class Demo:
                   "--epochs 30). The\n!! pipeline is the same; with real weights the features "
                   "are far better.\n" + "!" * 78 + "\n", flush=True)
         report = WORK / "report"
+        # The trainer signs what it publishes; the puller installs only what this key signed.
+        keys = WORK / "keys"
+        signing_key, verify_key = keys / "signing-key.pem", keys / "verify-key.pub"
+        self.run("contract.signing", "--private", signing_key, "--public", verify_key)
         self.run("trainer", "train", "--data", data, "--output", "s3://models",
                  "--model-name", MODEL, "--weights", weights, "--epochs", epochs,
-                 "--cache", WORK / "cache", "--report-dir", report, "--quiet")
+                 "--cache", WORK / "cache", "--report-dir", report, "--signing-key",
+                 signing_key, "--quiet")
 
-        banner("4/6 pulling verified versions to the serving folder")
+        banner("4/6 pulling signed, verified versions to the serving folder")
         models = WORK / "models" / MODEL
         self.run("serving", "pull", "--source", f"s3://models/{MODEL}", "--dest", models,
-                 "--quiet")
+                 "--verify-key", verify_key, "--quiet")
 
         banner("5/6 serving (development server: TF Serving's gRPC and REST API)")
         self.server = LocalServer(

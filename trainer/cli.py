@@ -89,12 +89,16 @@ def cli() -> None:
 @click.option("--require-gpu", is_flag=True, envvar="REQUIRE_GPU",
               help="Fail at once (exit 3) if TensorFlow sees no GPU, instead of training on "
                    "the CPU.")
+@click.option("--signing-key", type=click.Path(dir_okay=False), default=None,
+              envvar="SIGNING_KEY",
+              help="PEM EC private key (P-256/384/521): sign the version with OpenSSF model "
+                   "signing (model.sig). Without it the version is published unsigned.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.option("--verbose", is_flag=True,
               help="Also show TensorFlow's native start-up and log lines.")
 def train(data, output, model_name, epochs, batch_size, learning_rate, val_split, seed, weights,
-          cache, no_cache, min_val_accuracy, version, report_dir, require_gpu, quiet,
-          verbose) -> None:
+          cache, no_cache, min_val_accuracy, version, report_dir, require_gpu, signing_key,
+          quiet, verbose) -> None:
     """Train the softmax head on a frozen VGG16 and publish a SavedModel version."""
     if cache and no_cache:
         raise click.UsageError("--cache and --no-cache exclude each other")
@@ -114,7 +118,8 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
                              val_split=val_split, seed=seed, weights=weights,
                              cache=None if no_cache else cache,
                              min_val_accuracy=min_val_accuracy, version=version,
-                             report_dir=report_dir, require_gpu=require_gpu, quiet=quiet)
+                             report_dir=report_dir, require_gpu=require_gpu,
+                             signing_key=signing_key, quiet=quiet)
         preflight(config)  # in seconds, before TensorFlow is even imported
         from trainer.job import run
 
@@ -125,7 +130,9 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
     click.echo(f"published {result.uri}  (val_accuracy {m['validation']['accuracy']:.4f}, "
                f"{m['images']['train']} train / {m['images']['val']} val images, "
                f"{len(m['skipped'])} skipped; features {m['features']['from_cache']} cached / "
-               f"{m['features']['computed']} computed; {time.perf_counter() - started:.1f} s)")
+               f"{m['features']['computed']} computed; "
+               f"{'signed by key ' + result.signed_by if result.signed_by else 'unsigned'}; "
+               f"{time.perf_counter() - started:.1f} s)")
 
 
 @cli.command("sample-data")

@@ -38,6 +38,7 @@ class TrainConfig:
     version: int | None = None  # None: UTC unix seconds at publish
     report_dir: str | None = None
     require_gpu: bool = False  # fail (exit 3) rather than train on the CPU
+    signing_key: str | None = None  # PEM EC private key: sign the version (model.sig)
     quiet: bool = False
 
     def __post_init__(self) -> None:

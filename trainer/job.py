@@ -14,7 +14,8 @@ import numpy as np
 
 from contract.errors import GateNotMet
 from contract.manifest import build_manifest, list_version_files
-from contract.names import STAGING_PREFIX
+from contract.names import SIGNATURE_FILE, STAGING_PREFIX
+from contract.signing import SigningKey
 from contract.storage import LocalLocation, open_location
 from trainer.config import TrainConfig
 from trainer.data import ImageSet, check_class_sizes, load_images, stratified_split
@@ -47,6 +48,7 @@ class JobResult:
     base: BaseModel
     images: ImageSet  # the usable images, in the order used for training/validation
     val_index: np.ndarray
+    signed_by: str | None = None  # the signing key's id, when the version is signed
 
 
 def _image_counts(images: ImageSet, train: np.ndarray, val: np.ndarray) -> dict:
@@ -154,6 +156,13 @@ def run(config: TrainConfig) -> JobResult:
 
         version = config.version or int(time.time())
         write_config(report_dir, config.resolved(version).to_json())
+        if config.signing_key is not None:
+            key = SigningKey.load(config.signing_key)
+            key.sign(version_dir)  # over every file so far; the manifest then lists model.sig
+            result.signed_by = key.key_id
+            log.info("signed version %d with key %s (%s)", version, key.key_id, SIGNATURE_FILE)
+        else:
+            log.info("no --signing-key: version %d is published unsigned", version)
         files = list_version_files(version_dir)
         manifest = build_manifest(
             model_name=config.model_name, version=version, classes=images.classes,

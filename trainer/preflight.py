@@ -42,6 +42,10 @@ def preflight(config: TrainConfig) -> None:
         _about("--cache", config.cache, cache.check_writable)
     if config.weights not in ("imagenet", "none"):
         check_weights_file(config.weights)
+    if config.signing_key is not None:
+        from contract.signing import SigningKey
+
+        SigningKey.load(config.signing_key)
 
 
 def check_weights_file(weights: str) -> Path | None:

@@ -1,6 +1,6 @@
 """`make bench`: performance figures, each a ratio measured side by side in one run.
 
-    python -m tests.benchmarks.run [--quick] [--onednn]
+    python -m tests.benchmarks.run [--quick] [--onednn] [--signing]
 
 Prints a table (figure, value, target, met) and writes .bench/results.json. Not part of
 `make test`: timings belong here, never in assertions. --quick shrinks the workloads to
@@ -348,12 +348,90 @@ def bench_serving(version_dir: Path, data: Path, n: int, seconds: float) -> list
     return figures
 
 
+# ---------------------------------------------------------------------------------------
+# Signed models: what signing adds to publishing, and verification to pulling
+
+def bench_signing(version_dir: Path, repeats: int) -> list[Figure]:
+    """The 0.5 GB version through a real S3 store (SeaweedFS on loopback): publish with and
+    without a signature, pull with and without --verify-key, alternating."""
+    from contract.manifest import MANIFEST_FILE, list_version_files
+    from contract.names import SIGNATURE_FILE
+    from contract.signing import SigningKey, VerifyKey, make_key_pair
+    from serving.puller import Puller
+    from tools.seaweed import SeaweedFS
+    from trainer.publish import publish
+
+    store = SeaweedFS(WORK / "s3", access_key="bench", secret_key="bench-secret-0123456789")
+    store.start()
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(store.client_env(saved))
+        store.create_bucket("models")
+        private, public = WORK / "keys" / "k.pem", WORK / "keys" / "k.pub"
+        make_key_pair(private, public)
+        signer, verifier = SigningKey.load(private), VerifyKey.load(public)
+        manifest = json.loads((version_dir / MANIFEST_FILE).read_text())
+        size = sum(f["size"] for f in manifest["files"])
+        times: dict[str, list[float]] = {k: [] for k in ("sign", "publish", "pull",
+                                                         "pull_verified")}
+        for i in range(repeats):
+            for signed in (False, True):
+                work = WORK / f"sign-{i}-{signed}"
+                shutil.copytree(version_dir, work, copy_function=os.link)
+                (work / MANIFEST_FILE).unlink()
+                (work / SIGNATURE_FILE).unlink(missing_ok=True)
+                version = 10 * i + 1 + signed
+                t = time.perf_counter()
+                if signed:
+                    signer.sign(work)
+                    times["sign"].append(time.perf_counter() - t)
+                files = list_version_files(work)  # the trainer hashes for the manifest anyway
+                t = time.perf_counter()
+                publish(work, files, {**manifest, "version": version, "model_name": "bench",
+                                      "files": [vars(f) for f in files]},
+                        "s3://models", "bench", version, quiet=True)
+                if not signed:
+                    times["publish"].append(time.perf_counter() - t)
+            for verified in (False, True):
+                dest = WORK / f"pulled-{i}-{verified}" / "bench"
+                puller = Puller("s3://models/bench", dest, keep=1, quiet=True,
+                                verify_key=verifier if verified else None)
+                version = 10 * i + 1 + verified
+                stored = {e.path: e for e in puller.source.child(str(version)).list_files()}
+                t = time.perf_counter()
+                puller.install(version, puller.read_manifest(version), stored)
+                times["pull_verified" if verified else "pull"].append(time.perf_counter() - t)
+                shutil.rmtree(dest.parent)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        store.stop()
+    sign, upload = statistics.median(times["sign"]), statistics.median(times["publish"])
+    pull, pull_verified = statistics.median(times["pull"]), statistics.median(
+        times["pull_verified"])
+    log(f"signing {sign:.2f} s, publishing {upload:.2f} s; pull {pull:.2f} s, "
+        f"with --verify-key {pull_verified:.2f} s")
+    return [
+        Figure("signing / publishing the 0.5 GB version", sign / upload, "< 0.5",
+               sign / upload < 0.5,
+               f"sign {sign:.2f} s vs upload to loopback S3 {upload:.2f} s ({size / 1e6:.0f} MB, "
+               f"median of {repeats})"),
+        Figure("pull with --verify-key / pull without", pull_verified / pull, "< 1.5",
+               pull_verified / pull < 1.5,
+               f"{pull_verified:.2f} s vs {pull:.2f} s from loopback S3; a real network "
+               "download of 0.5 GB takes longer, verification does not"),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny workloads (harness check)")
     parser.add_argument("--onednn", action="store_true",
                         help="only compare TensorFlow's oneDNN kernels off and on (~4 min)")
+    parser.add_argument("--signing", metavar="VERSION_DIR", type=Path,
+                        help="only measure signing and verification on this version folder")
     args = parser.parse_args()
     per_class, epochs, repeats, n, seconds = (50, 10, 2, 200, 12.0) if not args.quick else \
         (4, 2, 1, 10, 3.0)
@@ -366,7 +444,9 @@ def main() -> int:
                    stdout=subprocess.DEVNULL)
     log(f"{2 * per_class} sample images; {os.cpu_count()} CPUs; {platform.processor() or ''}")
 
-    if args.onednn:
+    if args.signing:
+        figures = bench_signing(args.signing.absolute(), 3)
+    elif args.onednn:
         figures = bench_onednn(data)
     else:
         figures, trainer_extraction = bench_training(data, epochs, repeats)
@@ -374,6 +454,7 @@ def main() -> int:
         # whole benchmark under 15 minutes on 2 cores.
         figures.insert(1, bench_extraction(data, trainer_extraction, 1))
         figures += bench_serving(WORK / "models" / "bench" / "100", data, n, seconds)
+        figures += bench_signing(WORK / "models" / "bench" / "100", repeats)
 
     machine = f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}"
     results = {"machine": machine, "quick": args.quick,

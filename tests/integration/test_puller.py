@@ -82,7 +82,8 @@ def test_a_version_without_manifest_is_ignored(tmp_path, models_uri):
     assert result.local == [1] and not (dest / "2").exists()
 
 
-def test_a_tampered_file_is_rejected_and_retried_later(tmp_path, models_uri):
+def test_a_tampered_file_is_rejected_and_retried_only_once_it_changes(tmp_path, models_uri,
+                                                                      monkeypatch, caplog):
     publish_fake(tmp_path, models_uri, "m", 1)
     folder = publish_fake(tmp_path, models_uri, "m", 2)
     remote = open_location(f"{models_uri}/m/2")
@@ -93,8 +94,20 @@ def test_a_tampered_file_is_rejected_and_retried_later(tmp_path, models_uri):
     result = puller.sync_once()
     assert result.rejected == {2: "saved_model.pb does not match its sha256 in the manifest"}
     assert result.local == [1] and not (dest / "2").exists() and staging_left(dest) == []
+    # Unchanged in the store: not downloaded again, and not logged again, on later syncs.
+    fetched = []
+    real_download = S3Location.download_file
+    monkeypatch.setattr(S3Location, "download_file",
+                        lambda self, path, *a: fetched.append(path) or
+                        real_download(self, path, *a))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="serving.puller"):
+        assert puller.sync_once().rejected == result.rejected
+        assert puller.sync_once().rejected == result.rejected
+    assert fetched == [] and "rejected version 2" not in caplog.text
     remote.write_bytes("saved_model.pb", original)  # repaired: the next sync takes it
     assert puller.sync_once().installed == [2]
+    assert "saved_model.pb" in fetched
 
 
 def test_manifests_with_escaping_paths_or_another_model_are_rejected(tmp_path, models_uri):

@@ -229,11 +229,12 @@ def no_heavy_work(monkeypatch):
 
 @pytest.mark.parametrize("case", ["data", "output file in the way", "output bucket",
                                   "cache file in the way", "weights file", "weights object",
-                                  "existing version"])
+                                  "existing version", "signing key missing",
+                                  "signing key is a public key"])
 def test_each_wrong_value_fails_before_any_heavy_work(tmp_path, small_data, no_heavy_work,
                                                       seaweed, case):
     args = dict(data=str(small_data), output=str(tmp_path / "models"),
-                cache=str(tmp_path / "cache"), weights="none", version=None)
+                cache=str(tmp_path / "cache"), weights="none", version=None, key=None)
     expected_code, message = 2, None
     if case == "data":
         args["data"], message = str(tmp_path / "nope"), "location does not exist or is empty"
@@ -251,6 +252,14 @@ def test_each_wrong_value_fails_before_any_heavy_work(tmp_path, small_data, no_h
     elif case == "weights object":
         args["weights"] = "s3://models/nowhere/vgg16.weights.h5"
         message = "--weights s3://models/nowhere/vgg16.weights.h5: no such object"
+    elif case == "signing key missing":
+        args["key"] = str(tmp_path / "nope.pem")
+        message = f"--signing-key {tmp_path / 'nope.pem'}: cannot read"
+    elif case == "signing key is a public key":
+        from tests.conftest import write_key_pair
+
+        _, public = write_key_pair(tmp_path / "k")
+        args["key"], message = str(public), "not an unencrypted PEM private key"
     else:
         version = tmp_path / "models" / "m" / "7"
         version.mkdir(parents=True)
@@ -260,6 +269,8 @@ def test_each_wrong_value_fails_before_any_heavy_work(tmp_path, small_data, no_h
                 "--cache", args["cache"], "--weights", args["weights"]]
     if args["version"]:
         cli_args += ["--version", args["version"]]
+    if args["key"]:
+        cli_args += ["--signing-key", args["key"]]
     result = CliRunner().invoke(cli, ["train", "--quiet", *cli_args])
     assert not isinstance(result.exception, HeavyWorkStarted), case
     assert result.exit_code == expected_code, (case, result.output)

@@ -48,6 +48,11 @@ def test_second_run_takes_every_feature_from_the_cache(published_s3):
                    "--weights", "none", "--cache", published_s3["cache"], "--version", "2",
                    "--quiet", check=True)
     assert "features 100 cached / 0 computed" in proc.stdout
+    # No key: published unsigned, and the summary line says so.
+    assert "; unsigned;" in proc.stdout
+    listed = {f.path for f in read_manifest(f"{published_s3['models']}/demo/2").files}
+    assert "model.sig" not in listed and "model.sig" in {
+        f.path for f in read_manifest(published_s3["version_uri"]).files}
     metrics = json.loads(open_location(published_s3["models"]).read_bytes(
         "demo/2/assets.extra/report/metrics.json"))
     assert metrics["features"] == {"cache": published_s3["cache"], "from_cache": 100,

@@ -51,10 +51,25 @@ def pyproject_pins() -> dict[str, str]:
     return {normalize(name): version for name, version in (d.split("==") for d in deps)}
 
 
+def lock_entries(name: str) -> dict[str, tuple[str, list[str]]]:
+    """{package: (version, [sha256 hashes])} of a `uv pip compile --generate-hashes` lock."""
+    entries: dict[str, tuple[str, list[str]]] = {}
+    current = None
+    for line in (REPO / "requirements" / name).read_text().splitlines():
+        text = line.strip().rstrip("\\").strip()
+        if not text or text.startswith("#"):
+            continue
+        if text.startswith("--hash=sha256:"):
+            entries[current][1].append(text.removeprefix("--hash=sha256:"))
+        else:
+            package, version = text.split("==")
+            current = normalize(package)
+            entries[current] = (version, [])
+    return entries
+
+
 def lock(name: str) -> dict[str, str]:
-    lines = (REPO / "requirements" / name).read_text().splitlines()
-    return {normalize(name): version for name, version in
-            (line.split("==") for line in lines if line and not line.startswith("#"))}
+    return {package: version for package, (version, _) in lock_entries(name).items()}
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
@@ -99,20 +114,51 @@ def test_trainer_image_cpu_gpu_from_one_file_with_weights_baked_in():
     assert ("ENTRYPOINT", '["python", "-m", "trainer"]') in steps
 
 
-def test_locks_agree_with_pyproject():
+def test_locks_agree_with_pyproject_and_pin_every_download_by_hash():
     pins = pyproject_pins()
-    for name in ("trainer.lock", "puller.lock"):
-        locked = lock(name)
-        for package, version in locked.items():
-            if package in pins:
+    build = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
+    for name in ("trainer.lock", "puller.lock", "tf-serving-runtime.lock"):
+        entries = lock_entries(name)
+        for package, (version, hashes) in entries.items():
+            if package in pins and name != "tf-serving-runtime.lock":
                 assert pins[package] == version, (name, package)
+            # pip --require-hashes refuses a lock entry without one; every hash is sha256.
+            assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), \
+                (name, package)
     trainer = lock("trainer.lock")
     assert set(pins) <= set(trainer)  # the trainer image has everything the project needs
+    for requirement in build:  # the build backend, for pip install --no-build-isolation .
+        package, version = requirement.split("==")
+        assert lock("trainer.lock")[normalize(package)] == version
+        assert lock("puller.lock")[normalize(package)] == version
+    puller_in = (REPO / "requirements" / "puller.in").read_text().splitlines()
+    for line in puller_in:
+        if line and not line.startswith("#"):
+            package, version = line.split("==")
+            assert pins[normalize(package)] == version, package
 
 
-def test_the_puller_image_has_every_module_the_puller_imports():
-    """Run `serving pull --help` and import the puller with only the puller lock's packages
-    (plus the standard library and the project) importable."""
+@pytest.mark.parametrize("dockerfile", ["trainer/Dockerfile", "serving/puller.Dockerfile"])
+def test_images_install_only_hashed_locked_packages(dockerfile):
+    runs = [rest for word, rest in instructions(dockerfile) if word == "RUN"]
+    installs = [r for r in runs if "pip install" in r]
+    assert installs
+    for run in installs:
+        if " -r requirements/" in run:
+            assert "--require-hashes" in run and "--no-deps" in run, run
+        else:  # the project itself: no dependencies, no build-isolation download
+            assert "--no-deps" in run and "--no-build-isolation" in run, run
+
+
+def test_the_puller_image_has_every_module_the_puller_imports(tmp_path):
+    """Run `serving pull --help`, and sign and verify a folder the way `--verify-key` does,
+    with only the puller lock's packages (plus the standard library and the project)
+    importable."""
+    from tests.conftest import write_key_pair
+
+    private, public = write_key_pair(tmp_path / "key")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "saved_model.pb").write_bytes(b"graph")
     from importlib.metadata import packages_distributions
 
     locked = set(lock("puller.lock"))
@@ -124,12 +170,20 @@ import sys
 allowed = {sorted(allowed)!r}
 class Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] not in allowed:
+        top = name.split(".")[0]
+        if top not in allowed and not top.startswith("_sysconfigdata"):  # stdlib, per build
             raise ModuleNotFoundError(f"the puller image has no {{name}}")
 sys.meta_path.insert(0, Block())
 import serving.puller
 from serving.cli import cli
 cli(["pull", "--help"], standalone_mode=False)
+from pathlib import Path
+from contract.signing import SigningKey, VerifyKey
+folder = Path({str(tmp_path / "model")!r})
+SigningKey.load({str(private)!r}).sign(folder)
+key = VerifyKey.load({str(public)!r})
+key.signed_digests(folder / "model.sig")
+key.verify_folder(folder)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=REPO, timeout=60)
@@ -201,9 +255,39 @@ def test_the_store_runs_as_non_root_and_logs_to_stderr(compose):
     assert s3["user"] == "10001:10001"
     assert s3["command"][:2] == ["-logtostderr=true", "mini"]  # a global flag: first
     owner = compose["services"]["s3-volume"]
-    assert owner["command"] == ["chown", "10001:10001", "/data"]
+    assert owner["command"][:3] == ["chown", "10001:10001", "/data"]
     assert owner["cap_add"] == ["CHOWN"] and owner["network_mode"] == "none"
     assert s3["depends_on"]["s3-volume"]["condition"] == "service_completed_successfully"
+
+
+def test_the_signing_key_reaches_only_the_trainer_and_its_public_half_the_puller(
+        compose, tmp_path):
+    services = compose["services"]
+    mounting = {volume: sorted(name for name, s in services.items()
+                               if any(v.split(":")[0] == volume for v in s.get("volumes", [])))
+                for volume in ("signing-key", "verify-key")}
+    assert mounting == {"signing-key": ["keys", "s3-volume", "trainer"],
+                        "verify-key": ["keys", "puller", "s3-volume"]}
+    assert "signing-key:/run/keys:ro" in services["trainer"]["volumes"]
+    assert "verify-key:/run/keys:ro" in services["puller"]["volumes"]
+    for name in ("trainer", "puller"):
+        assert services[name]["depends_on"]["keys"]["condition"] == \
+            "service_completed_successfully"
+    # The keys step's own command, with its two volumes mapped to folders here, makes the
+    # files the trainer's SIGNING_KEY and the puller's VERIFY_KEY name.
+    keys = services["keys"]
+    assert keys["network_mode"] == "none"
+    mapped = {"/keys/signing": tmp_path / "signing", "/keys/verify": tmp_path / "verify"}
+    args = [str(mapped[a.rsplit("/", 1)[0]] / a.rsplit("/", 1)[1]) if a.startswith("/keys/")
+            else a for a in keys["command"]]
+    proc = subprocess.run([sys.executable, *keys["entrypoint"][1:], *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    signing = _env(services["trainer"])["SIGNING_KEY"].removeprefix("/run/keys/")
+    verify = _env(services["puller"])["VERIFY_KEY"].removeprefix("/run/keys/")
+    assert (tmp_path / "signing" / signing).stat().st_mode & 0o077 == 0  # private: 0600
+    assert (tmp_path / "verify" / verify).read_text().startswith("-----BEGIN PUBLIC KEY")
+    assert not (tmp_path / "verify" / signing).exists()
 
 
 def test_ports_are_published_on_localhost_only(compose):

@@ -136,11 +136,15 @@ def test_every_container_is_pinned_resourced_and_hardened(docs):
             assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, name
             seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile"))
             assert seccomp == {"type": "RuntimeDefault"}, name
-            # Writable paths are explicit emptyDirs (or the store's volume).
+            # Writable paths are explicit emptyDirs (or the store's volume); secrets
+            # (the signing key) are mounted read-only.
             volumes = {v["name"]: v for v in spec.get("volumes", [])}
             for mount in c.get("volumeMounts", []):
                 volume = volumes[mount["name"]]
-                assert {"emptyDir", "configMap", "persistentVolumeClaim"} & set(volume), name
+                assert {"emptyDir", "configMap", "persistentVolumeClaim", "secret"} & \
+                    set(volume), name
+                if "secret" in volume:
+                    assert mount.get("readOnly") is True, name
 
 
 def test_every_object_has_app_kubernetes_io_labels(docs):
@@ -438,3 +442,33 @@ def test_egress_components_are_opt_in_and_valid(tmp_path, gpu, component):
                     "egress-store-port": (None, 9000)}[component]
         cidr = extra[0]["to"][0]["ipBlock"]["cidr"] if "to" in extra[0] else None
         assert (cidr, port["port"]) == expected
+
+
+def test_signing_keys_each_reach_only_their_side(tmp_path):
+    """Production verifies signatures: the private key is mounted into the trainer alone, the
+    public key into both puller containers, and the paths are the ones the CLIs read."""
+    gpu_docs = render("k8s/overlays/gpu")
+    mounts: dict[str, dict[str, str]] = {}
+    for _workload, spec in pod_specs(gpu_docs):
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in containers(spec):
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            for m in c.get("volumeMounts", []):
+                source = volumes[m["name"]]
+                if source.get("secret", {}).get("secretName") == "model-signing-key" or \
+                        source.get("configMap", {}).get("name") == "model-verify-key":
+                    assert m.get("readOnly") is True, c["name"]
+                    mounts.setdefault(c["name"], {})[m["mountPath"]] = \
+                        env.get("SIGNING_KEY") or env.get("VERIFY_KEY")
+    assert mounts == {
+        "trainer": {"/var/run/secrets/model-signing":
+                    "/var/run/secrets/model-signing/signing-key.pem"},
+        "model-sync": {"/etc/model-signing": "/etc/model-signing/verify-key.pub"},
+        "model-puller": {"/etc/model-signing": "/etc/model-signing/verify-key.pub"},
+    }
+    # Opt-in on the laptop overlay, where it renders and validates the same way.
+    local_signed = render_with_components(tmp_path, "local", ["model-signing"])
+    for doc in local_signed:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    assert "SIGNING_KEY" in str(one(local_signed, "CronJob", "trainer"))
+    assert "SIGNING_KEY" not in str(render("k8s/overlays/local"))
