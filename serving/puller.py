@@ -221,9 +221,17 @@ class Puller:
                   staging: Path) -> None:
         remote = self.source.child(str(version))
         if isinstance(remote, LocalLocation):
-            for f in manifest.files:  # a local source must not smuggle links in
-                if (remote.root / f.path).is_symlink():
-                    raise Rejected(f"{f.path} is a symbolic link")
+            # A local source must not smuggle links in: no listed file, and no folder on the
+            # way to it (the version folder included), may be a symbolic link.
+            if remote.root.is_symlink():
+                raise Rejected(f"the version folder {remote.root.name} is a symbolic link")
+            for f in manifest.files:
+                parts = f.path.split("/")
+                for depth in range(1, len(parts) + 1):
+                    if remote.root.joinpath(*parts[:depth]).is_symlink():
+                        kind = "a symbolic link" if depth == len(parts) else \
+                            f"under the symbolically linked folder {'/'.join(parts[:depth])}"
+                        raise Rejected(f"{f.path} is {kind}")
         # Sizes first: an object that is not the size the manifest says is refused before a
         # byte of it is downloaded.
         for f in manifest.files:

@@ -148,6 +148,25 @@ def test_local_sources_work_and_symlinks_are_refused(tmp_path):
     assert result.local == [1] and "symbolic link" in result.rejected[2]
 
 
+def test_symlinked_folders_in_a_local_source_are_refused(tmp_path):
+    """A folder link could point anywhere on the machine (a secret, another model): neither
+    a folder inside a version nor the version folder itself may be one."""
+    models = tmp_path / "models"
+    publish_fake(tmp_path, str(models), "m", 1)
+    publish_fake(tmp_path, str(models), "m", 2)
+    elsewhere = tmp_path / "elsewhere-assets"
+    (models / "m" / "2" / "assets").rename(elsewhere)
+    (models / "m" / "2" / "assets").symlink_to(elsewhere, target_is_directory=True)
+    publish_fake(tmp_path, str(tmp_path / "other"), "m", 3)
+    (models / "m" / "3").symlink_to(tmp_path / "other" / "m" / "3", target_is_directory=True)
+    dest = tmp_path / "serve" / "m"
+    result = Puller(str(models / "m"), dest, keep=3, quiet=True).sync_once()
+    assert result.rejected[2] == ("assets/labels.txt is under the symbolically linked folder "
+                                  "assets")
+    assert result.rejected[3] == "the version folder 3 is a symbolic link"
+    assert result.local == [1] and sorted(p.name for p in dest.iterdir()) == ["1"]
+
+
 def test_init_container_exit_codes(tmp_path, seaweed, models_uri):
     dest = tmp_path / "serve" / "m"
     proc = run_cli("serving", "pull", "--source", f"{models_uri}/m", "--dest", str(dest))
