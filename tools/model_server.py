@@ -38,15 +38,26 @@ class LocalServer:
         return f"http://127.0.0.1:{self.rest_port}"
 
     def start(self, wait_for_model: str | None = None, timeout: float = 180) -> LocalServer:
-        cmd = [sys.executable, "-m", "serving", "local", "--port", str(self.grpc_port),
-               "--rest-api-port", str(self.rest_port), *self.args]
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-                                             **self.env})
-        log.close()
-        if wait_for_model:
-            self.wait_available(wait_for_model, timeout)
+        for attempt in range(3):
+            cmd = [sys.executable, "-m", "serving", "local", "--port", str(self.grpc_port),
+                   "--rest-api-port", str(self.rest_port), *self.args]
+            log = self.log_path.open("ab")
+            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                            cwd=REPO, env={**os.environ,
+                                                           "TF_CPP_MIN_LOG_LEVEL": "2",
+                                                           **self.env})
+            log.close()
+            if not wait_for_model:
+                return self
+            try:
+                self.wait_available(wait_for_model, timeout)
+                return self
+            except RuntimeError:
+                # A free port can be taken between choosing it and the server binding it
+                # (another process's connection, a parallel test): choose again.
+                if attempt == 2 or "is already in use" not in self.log_text():
+                    raise
+                self.grpc_port, self.rest_port = free_port(), free_port()
         return self
 
     def wait_available(self, model: str, timeout: float = 180) -> dict:

@@ -16,13 +16,15 @@ import numpy as np
 from tqdm import tqdm
 
 from contract.errors import InputError
-from contract.image_formats import ERROR_NOT_AN_IMAGE, sniff
+from contract.image_formats import (
+    ERROR_NOT_AN_IMAGE,
+    MAX_IMAGE_PIXELS,
+    gif_frame_pixels,
+    sniff,
+)
 from contract.storage import Location, open_location
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
-# Declared size above which an image is refused before decoding: the same limit the graph
-# enforces (trainer.preprocessing.MAX_IMAGE_PIXELS; not imported here to keep TF out).
-MAX_IMAGE_PIXELS = 100_000_000
 MIN_IMAGES_PER_CLASS = 2
 MIN_CLASSES = 2
 
@@ -71,8 +73,16 @@ def _check_header(data: bytes) -> str | None:
 
     if not data:
         return "empty file"
-    if sniff(data) is None:  # the very rule the exported graph applies (WebP too is refused)
+    fmt = sniff(data)
+    if fmt is None:  # the very rule the exported graph applies (WebP too is refused)
         return ERROR_NOT_AN_IMAGE
+    if fmt == "gif":  # frames, not the logical screen, are what decoding allocates
+        try:
+            pixels = gif_frame_pixels(data)
+        except ValueError as e:
+            return f"not a readable image ({e})"
+        if pixels > MAX_IMAGE_PIXELS:
+            return f"image too large ({pixels} pixels in its frames, limit {MAX_IMAGE_PIXELS})"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -10,14 +10,18 @@ import tensorflow as tf
 
 # Per-item reasons in the `error` output of serving_default (DESIGN section 4): a bad image
 # never fails the run it shares with other clients' images.
-from contract.image_formats import ERROR_CORRUPT, ERROR_NOT_AN_IMAGE, ERROR_TOO_LARGE, SIGNATURES
+from contract.image_formats import (
+    ERROR_CORRUPT,
+    ERROR_NOT_AN_IMAGE,
+    ERROR_TOO_LARGE,
+    MAX_GIF_BLOCKS,
+    MAX_IMAGE_PIXELS,
+    SIGNATURES,
+)
 
 IMAGE_SIZE = (224, 224)  # VGG16 with its fully connected top takes exactly 224x224
 PREPROCESSING = "vgg16"  # manifest "input.preprocessing"
 PREPROCESSING_VERSION = "vgg16-bilinear-aa-v1"
-# Largest image accepted (width x height): a 100 MP photo decodes to 300 MB. Bigger declared
-# sizes are refused before decoding, so a few-KB "decompression bomb" cannot exhaust memory.
-MAX_IMAGE_PIXELS = 100_000_000
 _HEADER_BYTES = 32
 # Images decoded at once per call: bounds the memory a single request's decoding can take.
 DECODE_PARALLELISM = 4
@@ -44,8 +48,48 @@ def is_known_format(image_bytes: tf.Tensor) -> tf.Tensor:
         for sig in SIGNATURES.values()])
 
 
+def gif_frame_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Sum of width x height over a GIF's frames, from their image descriptors: the walk of
+    contract.image_formats.gif_frame_pixels in TensorFlow ops (tests hold them equal). Fails
+    (InvalidArgumentError) past MAX_GIF_BLOCKS steps."""
+    data = tf.cast(tf.io.decode_raw(image_bytes, tf.uint8), tf.int64)
+    n = tf.size(data, out_type=tf.int64)
+
+    def byte(i: tf.Tensor) -> tf.Tensor:
+        return tf.gather(data, tf.clip_by_value(i, 0, n - 1))
+
+    def table(flags: tf.Tensor) -> tf.Tensor:
+        return tf.where(flags >= 128,
+                        3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), flags % 8), 0)
+
+    def step(pos, in_blocks, total, done, steps):
+        b = byte(pos)
+        image = tf.logical_and(tf.logical_not(in_blocks), tf.equal(b, 0x2C))
+        extension = tf.logical_and(tf.logical_not(in_blocks), tf.equal(b, 0x21))
+        size = (byte(pos + 5) + 256 * byte(pos + 6)) * (byte(pos + 7) + 256 * byte(pos + 8))
+        at_end = pos >= n
+        done = tf.logical_or(at_end, tf.logical_not(in_blocks | image | extension))
+        total = tf.where(image & tf.logical_not(at_end), total + size, total)
+        pos = tf.where(in_blocks, pos + b + 1,
+                       tf.where(image, pos + 10 + table(byte(pos + 9)) + 1, pos + 2))
+        in_blocks = tf.logical_or(tf.logical_and(in_blocks, tf.not_equal(b, 0)),
+                                  image | extension)
+        return pos, in_blocks, total, done, steps + 1
+
+    zero = tf.constant(0, tf.int64)
+    _, _, total, done, _ = tf.while_loop(
+        lambda pos, in_blocks, total, done, steps: tf.logical_and(
+            tf.logical_not(done), steps < MAX_GIF_BLOCKS),
+        step, (13 + table(byte(zero + 10)), tf.constant(False), zero, tf.constant(False),
+               zero))
+    check = tf.debugging.Assert(done, [f"more than {MAX_GIF_BLOCKS} GIF blocks"])
+    with tf.control_dependencies([check]):
+        return tf.identity(total)
+
+
 def declared_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
-    """width x height as the file's header declares it (PNG, GIF, BMP, JPEG), else 0."""
+    """width x height as the file declares it (PNG, BMP and JPEG headers; a GIF's frames
+    together), else 0."""
     header = _header(image_bytes)
 
     def starts_with(signature: bytes) -> tf.Tensor:
@@ -64,7 +108,7 @@ def declared_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
     return tf.case([
         (starts_with(b"\x89PNG\r\n\x1a\n"),
          lambda: _uint(header, 16, 4, True) * _uint(header, 20, 4, True)),
-        (starts_with(b"GIF8"), lambda: _uint(header, 6, 2, False) * _uint(header, 8, 2, False)),
+        (starts_with(b"GIF8"), lambda: gif_frame_pixels(image_bytes)),
         (starts_with(b"BM"), bmp),
         (starts_with(b"\xff\xd8"), jpeg),
     ], default=lambda: tf.constant(0, tf.int64), exclusive=True)

@@ -74,3 +74,41 @@ def test_model_names_from_requests_never_reach_the_filesystem(server, name):
         response = requests.request(method, f"{server.rest_url}{path}", data="{}", timeout=30)
         assert response.status_code in (400, 404), (name, path, response.text)
         assert "root:" not in response.text
+
+
+def _memory_mb(pid: int, field: str) -> float:
+    status = open(f"/proc/{pid}/status").read()
+    [line] = [x for x in status.splitlines() if x.startswith(f"{field}:")]
+    return int(line.split()[1]) / 1024
+
+
+def test_hostile_gifs_get_their_reason_per_item_and_never_grow_the_server(server, tiny_model):
+    """GIFs whose header says 1x1 but whose frames hold 108 MP, and one of 25,000 one-byte
+    blocks, in one request beside a good image: each bad one is answered with its reason,
+    the good one is classified, and the server's peak memory stays where it was (decoding
+    them would take 324 MB for the pixels alone)."""
+    import base64
+
+    from tests.unit.test_preprocessing import MANY_BLOCKS, hostile_gif
+
+    _, good = tiny_model.image("JPEG")
+    url = f"{server.rest_url}/v1/models/tiny:predict"
+
+    def predict(images: list[bytes]) -> requests.Response:
+        return requests.post(url, timeout=120, json={"instances": [
+            {"b64": base64.b64encode(b).decode()} for b in images]})
+
+    assert predict([good]).status_code == 200  # warm
+    pid = server.process.pid
+    try:  # reset the peak (VmHWM) to the current size, so only this request can raise it
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pytest.skip("cannot reset the server's peak memory (/proc/PID/clear_refs)")
+    before = _memory_mb(pid, "VmRSS")
+    response = predict([hostile_gif(6000, 3), hostile_gif(3000, 12), MANY_BLOCKS, good])
+    assert response.status_code == 200, response.text
+    errors = [p["error"] for p in response.json()["predictions"]]
+    assert errors == ["image too large (108 megapixels)", "image too large (108 megapixels)",
+                      "truncated or corrupt image", ""]
+    assert _memory_mb(pid, "VmHWM") - before < 100

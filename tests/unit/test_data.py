@@ -75,10 +75,19 @@ def test_decompression_bombs_are_refused_before_decoding(tmp_path):
         (tmp_path / cls / "0.png").write_bytes(png())
         (tmp_path / cls / "1.png").write_bytes(png())
     (tmp_path / "a" / "bomb.png").write_bytes(buf.getvalue())
+    # A GIF whose header says 1x1 and whose twelve frames hold 108 MP (the header is what
+    # Pillow reports as its size), and one of 25,000 one-byte blocks.
+    from tests.unit.test_preprocessing import MANY_BLOCKS, hostile_gif
+
+    (tmp_path / "b" / "frames.gif").write_bytes(hostile_gif(3000, 12))
+    (tmp_path / "b" / "blocks.gif").write_bytes(MANY_BLOCKS)
     images = load_images(str(tmp_path), quiet=True)
-    [skipped] = images.skipped
-    assert skipped.path == "a/bomb.png"
-    assert skipped.reason.startswith("image too large")
+    reasons = {s.path: s.reason for s in images.skipped}
+    assert reasons["a/bomb.png"].startswith("image too large")
+    assert reasons["b/frames.gif"] == ("image too large (108000000 pixels in its frames, "
+                                       "limit 100000000)")
+    assert reasons["b/blocks.gif"] == "not a readable image (more than 20000 GIF blocks)"
+    assert len(images.skipped) == 3
 
 
 def test_a_cache_entry_of_the_wrong_size_is_a_miss_before_it_is_parsed():

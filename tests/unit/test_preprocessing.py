@@ -80,12 +80,90 @@ def test_declared_pixels_reads_each_format_header(fmt):
 
 
 def test_decompression_bombs_are_refused_before_decoding():
-    from trainer.data import MAX_IMAGE_PIXELS as TRAINER_LIMIT
-    from trainer.preprocessing import MAX_IMAGE_PIXELS
-
-    assert MAX_IMAGE_PIXELS == TRAINER_LIMIT
     bomb = _png_bomb(12_000)  # 144 MP declared
     assert len(bomb) < 100_000
     with pytest.raises(tf.errors.InvalidArgumentError, match="image too large"):
         decode_and_resize(tf.constant(bomb))
     decode_and_resize(tf.constant(_png_bomb(2_000)))  # 4 MP: fine
+
+
+# -- GIFs: the size is in the frames, not the header -------------------------------------
+
+def gif_parts(side: int) -> tuple[bytes, bytes]:
+    """(header up to its first block, one frame's blocks) of a one-colour GIF of side x side."""
+    from contract.image_formats import gif_frame_pixels
+
+    data = encode(Image.new("P", (side, side), 0), "GIF")
+    assert gif_frame_pixels(data) == side * side
+    start = 13 + (3 * (2 << (data[10] % 8)) if data[10] >= 128 else 0)
+    assert data[-1:] == b";"  # the trailer
+    return data[:start], data[start:-1]
+
+
+def hostile_gif(side: int, frames: int, screen: int = 1) -> bytes:
+    """A GIF whose logical screen says screen x screen, holding `frames` side x side frames."""
+    header, frame = gif_parts(side)
+    header = header[:6] + screen.to_bytes(2, "little") * 2 + header[10:]
+    return header + frame * frames + b";"
+
+
+MANY_BLOCKS = b"GIF89a\x01\x00\x01\x00\x00\x00\x00" + b"\x21\xfe" + b"\x01A" * 25_000 + b"\x00;"
+
+
+@pytest.mark.parametrize("data,expected", [
+    (encode(RED.convert("P"), "GIF"), 300 * 200),
+    (hostile_gif(3000, 1), 9_000_000),  # header 1x1, one 3000x3000 frame
+    (hostile_gif(3000, 12), 108_000_000),  # twelve of them: over the limit together
+    (hostile_gif(500, 3)[:-200], 750_000),  # truncated in its last frame: what is there
+    (b"GIF89a", 0),
+    (MANY_BLOCKS, None),  # 25,000 one-byte blocks: refused, not walked for seconds
+], ids=["plain", "big-frame-small-header", "many-frames", "truncated", "header-only",
+        "too-many-blocks"])
+def test_gif_frames_are_counted_the_same_way_with_and_without_tensorflow(data, expected):
+    from contract.image_formats import gif_frame_pixels as python_walk
+    from trainer.preprocessing import gif_frame_pixels
+
+    graph_walk = tf.function(gif_frame_pixels)  # as in the exported graph (eager is slow)
+
+    if expected is None:
+        with pytest.raises(ValueError, match="more than 20000 GIF blocks"):
+            python_walk(data)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="GIF blocks"):
+            graph_walk(tf.constant(data))
+        return
+    assert python_walk(data) == expected
+    assert int(graph_walk(tf.constant(data))) == expected
+
+
+def test_hostile_gifs_are_flagged_per_item_and_never_decoded():
+    """In the graph every request runs: the crafted GIFs get their reason, the good image
+    its pixels; the process never holds what the frames would have decoded to."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = f"""
+import json, resource, sys
+import tensorflow as tf
+sys.path.insert(0, {str(REPO)!r})
+from tests.unit.test_preprocessing import MANY_BLOCKS, RED, encode, hostile_gif
+from trainer.preprocessing import preprocess_batch
+batch = [hostile_gif(6000, 3), hostile_gif(3000, 12), MANY_BLOCKS, encode(RED, "JPEG")]
+preprocess_batch(tf.constant([encode(RED, "PNG")]))  # traced and warm before measuring
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+images, positions, errors = preprocess_batch(tf.constant(batch))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps([positions.numpy().tolist(), [e.decode() for e in errors.numpy()],
+                  (after - before) // 1024]))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    positions, errors, grown_mb = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert positions == [3]
+    assert errors == ["image too large (108 megapixels)", "image too large (108 megapixels)",
+                      "truncated or corrupt image", ""]
+    # Decoding them would take 108 MP x 3 bytes (324 MB) for the output alone.
+    assert grown_mb < 100, grown_mb
