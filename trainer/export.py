@@ -138,8 +138,9 @@ class Classifier(tf.Module):
 
 
 def export_saved_model(model: keras.Model, classes: list[str], version_dir: Path,
-                       warmup_images: list[bytes]) -> None:
-    """Write the SavedModel (plus labels and warmup records) into `version_dir`."""
+                       warmup_images: list[bytes]):
+    """Write the SavedModel (plus labels and warmup records) into `version_dir`. Returns
+    serving_default's concrete function: the very graph saved, which TF Serving runs."""
     version_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="labels-") as tmp:
         labels = Path(tmp) / LABELS_FILE  # an Asset keeps its file name: assets/labels.txt
@@ -153,6 +154,7 @@ def export_saved_model(model: keras.Model, classes: list[str], version_dir: Path
         module.track_captured_variables(signatures)
         tf.saved_model.save(module, str(version_dir), signatures=signatures)
     write_warmup(version_dir / WARMUP_FILE, warmup_images[:WARMUP_RECORDS])
+    return signatures[SERVING_DEFAULT]
 
 
 def write_warmup(path: Path, images: list[bytes]) -> None:

@@ -37,6 +37,10 @@ from trainer.train import FitResult, fit_end_to_end, fit_on_features
 
 log = logging.getLogger(__name__)
 REPORT_SUBDIR = "assets.extra/report"
+# The exported graph, fed the validation images' bytes, must give the probabilities the head
+# gave on their cached features, to within float noise (batching, kernel order).
+CROSS_CHECK_TOLERANCE = 1e-3
+CROSS_CHECK_BATCH = 16
 
 
 @dataclass
@@ -147,10 +151,13 @@ def run(config: TrainConfig) -> JobResult:
             plots = pool.submit(write_plots, report_dir, metrics, fit.history)
             # Warmup records are drawn, not taken from the dataset: a published model
             # carries none of the user's images.
-            export_saved_model(full_model(base, fit.head), images.classes, version_dir,
-                               warmup_images())
+            serve = export_saved_model(full_model(base, fit.head), images.classes,
+                                       version_dir, warmup_images())
             plots.result()
         t = lap("export", t)
+        if config.cache is not None:
+            cross_check(serve, [images.contents[i] for i in val], fit.val_probabilities)
+            t = lap("cross_check", t)
         timings["total_before_publish"] = round(t - started, 3)
         write_metrics(report_dir, metrics)
 
@@ -180,6 +187,30 @@ def run(config: TrainConfig) -> JobResult:
                              version, quiet=config.quiet)
         result.version = version
     return result
+
+
+def cross_check(serve, val_bytes: list[bytes], expected: np.ndarray) -> None:
+    """Score the validation images from their bytes through the exported graph and compare
+    with what the head gave on their features. The features came from the cache, which
+    anyone with write access to it can fill: a poisoned or stale entry shows up here as a
+    disagreement, and the run stops (exit 4) before anything is published."""
+    import tensorflow as tf
+
+    got = np.concatenate([
+        serve(tf.constant(val_bytes[i:i + CROSS_CHECK_BATCH]))["scores"].numpy()
+        for i in range(0, len(val_bytes), CROSS_CHECK_BATCH)]) if val_bytes else expected
+    diff = np.abs(got - expected).max(axis=1) if len(expected) else np.zeros(0)
+    bad = int((diff > CROSS_CHECK_TOLERANCE).sum())
+    if bad:
+        raise GateNotMet(
+            f"the exported model disagrees with the cached features on {bad} of "
+            f"{len(expected)} validation images (largest difference {diff.max():.3g}): the "
+            "feature cache holds entries that are not these images' features (written by "
+            "someone else, or stale); nothing published. Run with a fresh --cache to "
+            "recompute them")
+    log.info("cross-check: the exported graph gives the cached-feature predictions on all "
+             "%d validation images (largest difference %.2g)", len(expected),
+             float(diff.max()) if len(diff) else 0.0)
 
 
 def _copy_report(report_dir: Path, destination: str | None) -> None:

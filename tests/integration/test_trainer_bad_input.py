@@ -193,6 +193,43 @@ def test_accuracy_gate_publishes_nothing_and_exits_4(tmp_path):
     assert (tmp_path / "report" / "confusion_matrix.png").is_file()  # the report explains why
 
 
+def test_a_poisoned_feature_cache_is_caught_before_publishing(tmp_path):
+    """Whoever can write the shared cache can store one image's features under another's
+    key. The validation images, scored from their bytes through the exported graph, then
+    disagree with their cached features: exit 4, nothing published."""
+    import hashlib
+
+    data = tmp_path / "data"
+    write_sample_data(str(data), num_classes=2, per_class=6, seed=8, quiet=True)
+    args = [*common(tmp_path, data), "--epochs", "2", "--val-split", "0.34"]
+    first = train(*args, "--version", "1", "--report-dir", str(tmp_path / "report"))
+    assert first.exit_code == 0, first.output
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    val = metrics["validation"]["predictions"]
+
+    def entry(path: str) -> Path:
+        digest = hashlib.sha256((data / path).read_bytes()).hexdigest()
+        [found] = (tmp_path / "cache").rglob(f"{digest}.npy")
+        return found
+
+    # Each validation image's entry now holds the features of an image of the other class.
+    others = {c: sorted(str(p.relative_to(data)) for p in (data / c).iterdir())
+              for c in metrics["classes"]}
+    for item in val:
+        [other_class] = [c for c in others if c != item["true"]]
+        entry(item["path"]).write_bytes(entry(others[other_class][0]).read_bytes())
+    second = train(*args, "--version", "2")
+    assert second.exit_code == 4, second.output
+    line = error_line(second)
+    assert f"the exported model disagrees with the cached features on {len(val)} of " \
+           f"{len(val)} validation images" in line and "nothing published" in line
+    assert sorted(p.name for p in (tmp_path / "models" / "m").iterdir()) == ["1"]
+    # A fresh cache recomputes them, and the run publishes.
+    fresh = train(*[a if a != str(tmp_path / "cache") else str(tmp_path / "cache2")
+                    for a in args], "--version", "2")
+    assert fresh.exit_code == 0, fresh.output
+
+
 def test_sample_data_rejects_bad_class_count(tmp_path):
     result = CliRunner().invoke(cli, ["sample-data", "--output", str(tmp_path), "--classes", "9"])
     assert result.exit_code == 2
