@@ -67,7 +67,9 @@ def seaweed(tmp_path_factory):
     """A real S3 server for the whole session, with the AWS env pointing at it."""
     store = SeaweedFS(tmp_path_factory.mktemp("seaweed") / "data",
                       access_key="test-access-" + uuid.uuid4().hex[:8],
-                      secret_key="test-secret-" + uuid.uuid4().hex)
+                      secret_key="test-secret-" + uuid.uuid4().hex,
+                      serving_key=("test-serving-" + uuid.uuid4().hex[:8],
+                                   "test-serving-secret-" + uuid.uuid4().hex))
     store.start()
     for bucket in (DATA_BUCKET, MODELS_BUCKET, CACHE_BUCKET):
         store.create_bucket(bucket)

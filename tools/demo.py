@@ -50,18 +50,20 @@ class Demo:
     def __init__(self) -> None:
         WORK.mkdir(exist_ok=True)
         self.store = SeaweedFS(WORK / "s3", access_key="demo-" + secrets.token_hex(4),
-                               secret_key=secrets.token_hex(16))
+                               secret_key=secrets.token_hex(16),
+                               serving_key=("demo-serving-" + secrets.token_hex(4),
+                                            secrets.token_hex(16)))
         self.server: LocalServer | None = None
         self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
-    def run(self, *args: str) -> subprocess.CompletedProcess:
+    def run(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         # Paths below the repository are shown and passed relative to it (the steps run
         # there), so the transcript is the same on every machine.
         args = tuple(a.relative_to(REPO) if isinstance(a, Path) and a.is_relative_to(REPO)
                      else a for a in args)
         print(f"$ {' '.join(shlex.quote(str(a)) for a in args)}", flush=True)
-        return subprocess.run([sys.executable, "-m", *map(str, args)], env=self.env, cwd=REPO,
-                              check=True)
+        return subprocess.run([sys.executable, "-m", *map(str, args)], env=env or self.env,
+                              cwd=REPO, check=True)
 
     def main(self) -> None:
         started = time.perf_counter()
@@ -105,8 +107,10 @@ class Demo:
 
         banner("4/6 pulling signed, verified versions to the serving folder")
         models = WORK / "models" / MODEL
+        # With the store's read-only serving identity, as the deployments run the puller.
         self.run("serving", "pull", "--source", f"s3://models/{MODEL}", "--dest", models,
-                 "--verify-key", verify_key, "--quiet")
+                 "--verify-key", verify_key, "--quiet",
+                 env={**self.env, **self.store.serving_env()})
 
         banner("5/6 serving (development server: TF Serving's gRPC and REST API)")
         self.server = LocalServer(

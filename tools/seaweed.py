@@ -7,6 +7,7 @@ so several stores can run side by side; credentials are the ones given, enforced
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -29,6 +30,21 @@ PORT_FLAGS = (
 # bundle, FIPS/dual-stack switches...): none may leak from a user's shell into our store's
 # clients.
 AWS_PREFIXES = ("AWS_", "BOTO_")
+
+
+def identities(admin: tuple[str, str], serving: tuple[str, str],
+               serving_bucket: str = "models") -> dict:
+    """SeaweedFS's S3 identities (`weed mini -s3.config`): an admin, and a serving identity
+    that may only list and read one bucket. docker compose writes the same file from .env
+    (tools/s3-identities.sh; tests/k8s/test_containers.py holds the two equal)."""
+    return {"identities": [
+        {"name": "admin",
+         "credentials": [{"accessKey": admin[0], "secretKey": admin[1]}],
+         "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
+        {"name": "serving",
+         "credentials": [{"accessKey": serving[0], "secretKey": serving[1]}],
+         "actions": [f"Read:{serving_bucket}", f"List:{serving_bucket}"]},
+    ]}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -57,6 +73,8 @@ class SeaweedFS:
     secret_key: str
     host: str = "127.0.0.1"
     region: str = "us-east-1"
+    # Read-only credentials for the serving side (list + read the models bucket), or None.
+    serving_key: tuple[str, str] | None = None
     ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen | None = None
 
@@ -86,6 +104,12 @@ class SeaweedFS:
             "AWS_EC2_METADATA_DISABLED": "true",
         }
 
+    def serving_env(self) -> dict[str, str]:
+        """env() with the read-only serving credentials instead of the admin's."""
+        assert self.serving_key is not None
+        return {**self.env(), "AWS_ACCESS_KEY_ID": self.serving_key[0],
+                "AWS_SECRET_ACCESS_KEY": self.serving_key[1]}
+
     def client_env(self, base: Mapping[str, str]) -> dict[str, str]:
         """`base` (say os.environ) with every AWS and boto setting removed, then this store's.
         A MinIO user's AWS_ENDPOINT_URL_S3, a profile, a session token, a CA bundle or a
@@ -105,6 +129,12 @@ class SeaweedFS:
                 f"-ip.bind={self.host}", "-master.telemetry=false", "-webdav=false",
                 "-admin.ui=false"]
         args += [f"-{flag}={port}" for flag, port in self.ports.items()]
+        if self.serving_key is not None:
+            config = self.data_dir.parent / f"{self.data_dir.name}-identities.json"
+            config.write_text(json.dumps(identities((self.access_key, self.secret_key),
+                                                    self.serving_key)))
+            config.chmod(0o600)
+            args.append(f"-s3.config={config}")
         env = {**self.client_env(os.environ), "AWS_ACCESS_KEY_ID": self.access_key,
                "AWS_SECRET_ACCESS_KEY": self.secret_key}
         log = self.log_path.open("ab")

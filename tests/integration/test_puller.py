@@ -349,3 +349,35 @@ def test_version_folders_that_are_not_ascii_numbers_below_2_63_are_not_versions(
     assert puller.remote_versions() == [1]
     result = puller.sync_once()
     assert result.local == [1] and result.rejected == {}  # --keep 1 kept the real version
+
+
+def test_the_serving_identity_reads_models_and_can_write_nothing(tmp_path, seaweed, models_uri):
+    """The puller's own credentials (compose's SERVING_*, Kubernetes' s3-credentials-serving)
+    against SeaweedFS configured as compose configures it: pulling works; writing, deleting
+    and reading other buckets are refused by the store."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    publish_fake(tmp_path, models_uri, "m", 1)
+    env = seaweed.serving_env()
+    dest = tmp_path / "serve" / "m"
+    proc = run_cli("serving", "pull", "--source", f"{models_uri}/m", "--dest", str(dest), "-q",
+                   env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (dest / "1" / MANIFEST_FILE).is_file()
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    bucket, prefix = models_uri.removeprefix("s3://").split("/", 1)
+    attempts = {
+        "write a version": lambda: client.put_object(Bucket=bucket, Key=f"{prefix}/m/2/x",
+                                                     Body=b"x"),
+        "delete a manifest": lambda: client.delete_object(
+            Bucket=bucket, Key=f"{prefix}/m/1/{MANIFEST_FILE}"),
+        "read the datasets": lambda: client.list_objects_v2(Bucket="datasets"),
+    }
+    for what, attempt in attempts.items():
+        with pytest.raises(ClientError, match="AccessDenied"):
+            attempt()
+            pytest.fail(f"the serving identity could {what}")
+    assert open_location(f"{models_uri}/m/1").exists(MANIFEST_FILE)

@@ -77,7 +77,9 @@ def test_model_names_from_requests_never_reach_the_filesystem(server, name):
 
 
 def _memory_mb(pid: int, field: str) -> float:
-    status = open(f"/proc/{pid}/status").read()
+    from pathlib import Path
+
+    status = Path(f"/proc/{pid}/status").read_text()
     [line] = [x for x in status.splitlines() if x.startswith(f"{field}:")]
     return int(line.split()[1]) / 1024
 

@@ -255,8 +255,9 @@ def test_the_store_runs_as_non_root_and_logs_to_stderr(compose):
     assert s3["user"] == "10001:10001"
     assert s3["command"][:2] == ["-logtostderr=true", "mini"]  # a global flag: first
     owner = compose["services"]["s3-volume"]
-    assert owner["command"][:3] == ["chown", "10001:10001", "/data"]
+    assert owner["command"][:3] == ["sh", "/s3-identities.sh", "/data"]
     assert owner["cap_add"] == ["CHOWN"] and owner["network_mode"] == "none"
+    assert "-s3.config=/config/s3.json" in s3["command"]
     assert s3["depends_on"]["s3-volume"]["condition"] == "service_completed_successfully"
 
 
@@ -290,6 +291,43 @@ def test_the_signing_key_reaches_only_the_trainer_and_its_public_half_the_puller
     assert not (tmp_path / "verify" / signing).exists()
 
 
+def test_tf_serving_is_off_the_stores_network(compose):
+    services = compose["services"]
+    networks = {name: s.get("networks", s.get("network_mode")) for name, s in services.items()}
+    assert networks == {"s3-volume": "none", "keys": "none", "s3": ["store"],
+                        "init": ["store"], "trainer": ["store"], "puller": ["store"],
+                        "tfserving": ["serving"]}
+    assert set(compose["networks"]) == {"store", "serving"}
+
+
+def test_compose_writes_the_store_identities_the_tests_run_seaweedfs_with(compose, tmp_path):
+    """The s3-volume step's own script, run with the environment compose gives it (paths
+    mapped here), writes exactly tools/seaweed.py's identities; bad values are refused."""
+    import json
+
+    from tools.seaweed import identities
+
+    step = compose["services"]["s3-volume"]
+    script = next(v.split(":")[0] for v in step["volumes"] if "s3-identities.sh" in v)
+    env = {"AWS_ACCESS_KEY_ID": "vgg16-ab12", "AWS_SECRET_ACCESS_KEY": "0123abcd" * 6,
+           "SERVING_ACCESS_KEY_ID": "serving-cd34", "SERVING_SECRET_ACCESS_KEY": "9876fedc" * 6,
+           "CONFIG": str(tmp_path / "s3.json"), "PATH": "/usr/bin:/bin"}
+    assert set(env) - {"PATH"} == set(step["environment"])
+    proc = subprocess.run(["sh", str(REPO / script)], env=env, capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    written = json.loads((tmp_path / "s3.json").read_text())
+    assert written == identities((env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]),
+                                 (env["SERVING_ACCESS_KEY_ID"],
+                                  env["SERVING_SECRET_ACCESS_KEY"]))
+    assert (tmp_path / "s3.json").stat().st_mode & 0o077 == 0
+    for bad in ({"SERVING_SECRET_ACCESS_KEY": 'a"b'}, {"AWS_ACCESS_KEY_ID": ""},
+                {"SERVING_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"]}):
+        proc = subprocess.run(["sh", str(REPO / script)], env={**env, **bad},
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: "), (bad, proc.stderr)
+
+
 def test_ports_are_published_on_localhost_only(compose):
     published = [p for s in compose["services"].values() for p in s.get("ports", [])]
     assert all(p.startswith("127.0.0.1:") for p in published), published
@@ -303,7 +341,9 @@ def test_the_env_the_code_reads_is_set(compose):
         env = _env(services[name])
         assert env["AWS_ENDPOINT_URL"] == "http://s3:8333", name
         assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"} <= set(env), name
-        assert "${AWS_SECRET_ACCESS_KEY:?" in env["AWS_SECRET_ACCESS_KEY"]  # from .env only
+        # From .env only; the puller gets the read-only serving identity.
+        prefix = "SERVING" if name == "puller" else "AWS"
+        assert f"${{{prefix}_SECRET_ACCESS_KEY:?" in env["AWS_SECRET_ACCESS_KEY"], name
     assert {"DATA_URI", "MODELS_URI", "MODEL_NAME"} <= set(_env(services["trainer"]))
     assert {"MODEL_SOURCE", "MODEL_DEST"} <= set(_env(services["puller"]))
     assert ".env" in (REPO / ".gitignore").read_text().split()
@@ -315,11 +355,14 @@ def test_compose_refuses_the_example_env_as_it_is(compose):
     values = dict(line.split("=", 1) for line in
                   (REPO / ".env.example").read_text().splitlines()
                   if line and not line.startswith("#"))
-    assert values == {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
+    assert values == {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "",
+                      "SERVING_ACCESS_KEY_ID": "", "SERVING_SECRET_ACCESS_KEY": ""}
     for name, service in compose["services"].items():
-        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            if key in _env(service):
-                assert _env(service)[key].startswith(f"${{{key}:?"), (name, key)
+        for key, value in _env(service).items():
+            if key.endswith(("_ACCESS_KEY_ID", "_SECRET_ACCESS_KEY")):
+                assert re.fullmatch(r"\$\{(AWS|SERVING)_(ACCESS_KEY_ID|SECRET_ACCESS_KEY):\?"
+                                    r"copy \.env\.example to \.env and set it\}", value), \
+                    (name, key)
     # The example's recipe for a .env makes values compose accepts.
     assert "openssl rand -hex 24" in (REPO / ".env.example").read_text()
 

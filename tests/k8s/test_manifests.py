@@ -472,3 +472,34 @@ def test_signing_keys_each_reach_only_their_side(tmp_path):
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
     assert "SIGNING_KEY" in str(one(local_signed, "CronJob", "trainer"))
     assert "SIGNING_KEY" not in str(render("k8s/overlays/local"))
+
+
+def test_serving_reads_the_store_with_its_own_read_only_credentials(gpu, local):
+    """The serving pods never get the trainer's read-write Secret; on the laptop overlay the
+    in-cluster store knows both identities, the serving one limited to reading models."""
+    import json
+
+    from tools.seaweed import identities
+
+    for docs in (gpu, local):
+        for workload, spec in pod_specs(docs):
+            secrets = {e["valueFrom"]["secretKeyRef"]["name"] for c in containers(spec)
+                       for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+            name = workload["metadata"]["name"]
+            if name == "serving":
+                assert secrets == {"s3-credentials-serving"}, secrets
+            elif name in ("trainer", "sample-data", "seaweedfs"):
+                assert secrets <= {"s3-credentials"}, (name, secrets)
+
+    def env_file(name: str) -> tuple[str, str]:
+        values = dict(line.split("=", 1) for line in
+                      (REPO / "k8s/overlays/local" / name).read_text().splitlines() if line)
+        return values["AWS_ACCESS_KEY_ID"], values["AWS_SECRET_ACCESS_KEY"]
+
+    written = json.loads((REPO / "k8s/overlays/local/dev-identities.json").read_text())
+    assert written == identities(env_file("dev-credentials.env"),
+                                 env_file("dev-credentials-serving.env"))
+    store = one(local, "Deployment", "seaweedfs")
+    [container] = store["spec"]["template"]["spec"]["containers"]
+    assert "-s3.config=/etc/seaweedfs/s3.json" in container["args"]
+    assert "AWS_SECRET_ACCESS_KEY" not in str(container.get("env", []))
