@@ -127,6 +127,17 @@ def local(ctx, verbose, **kwargs) -> None:
     for what, port in ports:
         if port and not _can_bind(kwargs["host"], port):
             _fail_line(str(PortUnavailable(what, kwargs["host"], port)), EXIT_BAD_INPUT)
+    # The configuration files too (their parsers need no TensorFlow): a wrong one is one
+    # line and exit 2 in a fraction of a second.
+    from serving.devserver import config as cfg
+
+    try:
+        if kwargs["model_config_file"]:
+            cfg.load_models(kwargs["model_config_file"])
+        cfg.load_batching(kwargs["batching_parameters_file"], os.cpu_count() or 1)
+        cfg.load_monitoring(kwargs["monitoring_config_file"])
+    except cfg.ConfigError as e:
+        _fail_line(str(e), EXIT_BAD_INPUT)
     native_output(verbose)
     from serving.devserver.config import ConfigError
     from serving.devserver.local import ServerOptions, serve

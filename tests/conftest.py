@@ -89,17 +89,6 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Under `pytest -n N --dist loadgroup` (make test), every module is one unit of work:
-    its module-scoped servers start once, on one worker. A module may name a larger group
-    (pytest.mark.xdist_group) to share a worker with others. Before xdist's own hook, which
-    reads the marks."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 

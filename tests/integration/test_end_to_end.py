@@ -1,9 +1,11 @@
 """The whole system on loopback: sample data in S3 -> train -> publish -> pull -> serve ->
 classify, then a newer version rolled out under load.
 
-The second version is trained while no client is asking (on 2 cores, clients hammering
-VGG16 for the whole run only slowed the trainer), with the puller stopped; the clients start,
-then the puller is started again and brings it: the swap happens while they ask.
+The first version is the session's training run (`published_s3`: S3 data, S3 models, S3
+feature cache, through the CLI). The second is trained here while no client is asking (on 2
+cores, clients hammering VGG16 for the whole run only slowed the trainer), with the puller
+stopped; the clients start, then the puller is started again and brings it: the swap
+happens while they ask.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pytest
 
 from contract.storage import open_location
 from serving.client import GrpcClient, RestClient
-from tests.conftest import MODELS_BUCKET, REPO, run_cli, unique
+from tests.conftest import REPO, run_cli
 from tools.model_server import LocalServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
@@ -29,7 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
 def train(published_s3, models: str, version: int) -> None:
     run_cli("trainer", "train", "--data", published_s3["data"], "--output", models,
-            "--model-name", "shapes", "--weights", "none", "--cache", published_s3["cache"],
+            "--model-name", "demo", "--weights", "none", "--cache", published_s3["cache"],
             "--version", str(version), "--quiet", check=True)
 
 
@@ -41,33 +43,32 @@ def wait_for(condition, timeout: float = 180) -> None:
 
 
 def test_train_publish_pull_serve_classify_and_roll_out(published_s3, tmp_path):
-    models = f"s3://{MODELS_BUCKET}/{unique('e2e')}"
-    train(published_s3, models, 10)
-    report = json.loads(open_location(models).read_bytes(
-        "shapes/10/assets.extra/report/metrics.json"))
+    models = published_s3["models"]  # holds version 1 of "demo"
+    report = json.loads(open_location(published_s3["version_uri"]).read_bytes(
+        "assets.extra/report/metrics.json"))
     val = report["validation"]["predictions"]
 
-    dest = tmp_path / "models" / "shapes"
+    dest = tmp_path / "models" / "demo"
     puller_log = (tmp_path / "puller.log").open("w+")
 
     def start_puller() -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-m", "serving", "pull", "--source", f"{models}/shapes",
+            [sys.executable, "-m", "serving", "pull", "--source", f"{models}/demo",
              "--dest", str(dest), "--watch", "--interval", "1", "-q"], stdout=puller_log,
             stderr=subprocess.STDOUT, cwd=REPO, env=os.environ.copy())
 
     puller = start_puller()
-    server = LocalServer(["--model-name", "shapes", "--model-base-path", str(dest),
+    server = LocalServer(["--model-name", "demo", "--model-base-path", str(dest),
                           "--file-system-poll-wait-seconds", "0.5"], tmp_path / "server.log")
     try:
-        wait_for(lambda: (dest / "10").is_dir())
-        server.start(wait_for_model="shapes")
+        wait_for(lambda: (dest / "1").is_dir())
+        server.start(wait_for_model="demo")
 
         data = open_location(published_s3["data"])
         images = [data.read_bytes(p["path"]) for p in val]
         for client in (GrpcClient(server.grpc_target), RestClient(server.rest_url)):
             with client:
-                predictions = client.classify(images, "shapes")
+                predictions = client.classify(images, "demo")
             assert [p.label for p in predictions] == [p["label"] for p in val]
             np.testing.assert_allclose([p.scores for p in predictions],
                                        [p["scores"] for p in val], atol=1e-5)
@@ -75,14 +76,14 @@ def test_train_publish_pull_serve_classify_and_roll_out(published_s3, tmp_path):
         # A newer version, arriving while clients keep asking, is picked up with no error.
         puller.send_signal(signal.SIGTERM)
         assert puller.wait(60) == 0
-        train(published_s3, models, 11)
+        train(published_s3, models, 2)
         stop, failures, answered = threading.Event(), [], []
 
         def client_loop():
             with GrpcClient(server.grpc_target, timeout=120) as client:
                 while not stop.is_set():
                     try:
-                        answered.append(client.classify(images[:1], "shapes")[0].label)
+                        answered.append(client.classify(images[:1], "demo")[0].label)
                     except Exception as e:  # collected; the test fails below
                         failures.append(repr(e))
 
@@ -92,8 +93,8 @@ def test_train_publish_pull_serve_classify_and_roll_out(published_s3, tmp_path):
         wait_for(lambda: len(answered) >= 2)  # the clients are asking
         puller = start_puller()
         with GrpcClient(server.grpc_target) as client:
-            wait_for(lambda: [(v.version, v.state) for v in client.status("shapes")] ==
-                     [(11, "AVAILABLE"), (10, "END")])
+            wait_for(lambda: [(v.version, v.state) for v in client.status("demo")] ==
+                     [(2, "AVAILABLE"), (1, "END")])
         settled = len(answered)
         wait_for(lambda: len(answered) >= settled + 2)
         stop.set()
@@ -101,7 +102,7 @@ def test_train_publish_pull_serve_classify_and_roll_out(published_s3, tmp_path):
             t.join()
         assert failures == []
         assert set(answered) == {val[0]["label"]}  # same data, same seed: same answer
-        assert sorted(p.name for p in dest.iterdir()) == ["10", "11"]
+        assert sorted(p.name for p in dest.iterdir()) == ["1", "2"]
     finally:
         stop_code = server.stop()
         puller.send_signal(signal.SIGTERM)

@@ -43,23 +43,24 @@ def test_full_run_publishes_a_verified_version_to_s3(published_s3):
 
 
 def test_second_run_takes_every_feature_from_the_cache(published_s3):
+    models = f"s3://{MODELS_BUCKET}/{unique('second')}"  # the first run's folder stays as is
     proc = run_cli("trainer", "train", "--data", published_s3["data"],
-                   "--output", published_s3["models"], "--model-name", "demo",
+                   "--output", models, "--model-name", "demo",
                    "--weights", "none", "--cache", published_s3["cache"], "--version", "2",
                    "--quiet", check=True)
     assert "features 100 cached / 0 computed" in proc.stdout
     # No key: published unsigned, and the summary line says so.
     assert "; unsigned;" in proc.stdout
-    listed = {f.path for f in read_manifest(f"{published_s3['models']}/demo/2").files}
+    listed = {f.path for f in read_manifest(f"{models}/demo/2").files}
     assert "model.sig" not in listed and "model.sig" in {
         f.path for f in read_manifest(published_s3["version_uri"]).files}
-    metrics = json.loads(open_location(published_s3["models"]).read_bytes(
+    metrics = json.loads(open_location(models).read_bytes(
         "demo/2/assets.extra/report/metrics.json"))
     assert metrics["features"] == {"cache": published_s3["cache"], "from_cache": 100,
                                    "computed": 0}
     # Same images, same weights, same seed: the same model.
     first, second = read_manifest(published_s3["version_uri"]), read_manifest(
-        f"{published_s3['models']}/demo/2")
+        f"{models}/demo/2")
     assert first.raw["metrics"] == second.raw["metrics"]
 
 
