@@ -61,7 +61,9 @@ class Demo:
         # there), so the transcript is the same on every machine.
         args = tuple(a.relative_to(REPO) if isinstance(a, Path) and a.is_relative_to(REPO)
                      else a for a in args)
-        print(f"$ {' '.join(shlex.quote(str(a)) for a in args)}", flush=True)
+        # `trainer` and `serving` are console scripts; other modules are shown as run.
+        shown = ("python", "-m", *args) if "." in str(args[0]) else args
+        print(f"$ {' '.join(shlex.quote(str(a)) for a in shown)}", flush=True)
         return subprocess.run([sys.executable, "-m", *map(str, args)], env=env or self.env,
                               cwd=REPO, check=True)
 
