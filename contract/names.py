@@ -19,6 +19,8 @@ SAVED_MODEL_FILE = "saved_model.pb"
 LABELS_FILE = "labels.txt"  # under assets/
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 SIGNATURE_FILE = "model.sig"  # OpenSSF model signing, when the trainer has a key
+# Beside a model's version folders: its version labels (contract.labels).
+LABELS_OBJECT = "_LABELS.json"
 # A version folder is being assembled under a hidden, non-numeric name that starts with
 # this; TF Serving and the puller ignore such folders until they are renamed to a number.
 STAGING_PREFIX = ".incoming-"

@@ -286,6 +286,98 @@ def verify(source, verify_key) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# The model's folder in the store: labels and retention.
+
+def _store_command(fn):
+    """Runs `fn`; a user error is one line and its exit code."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from contract.errors import UserError
+        from contract.labels import LabelsError
+
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+        try:
+            return fn(*args, **kwargs)
+        except LabelsError as e:
+            _fail_line(str(e), EXIT_BAD_INPUT)
+        except UserError as e:
+            _fail_line(str(e), e.exit_code)
+    return wrapper
+
+
+def _show_labels(labels) -> None:
+    if not labels.labels:
+        click.echo(f"{labels.model_name}: no labels")
+    for label, version in sorted(labels.labels.items()):
+        click.echo(f"{label}={version}")
+
+
+@cli.group()
+def label() -> None:
+    """Version labels in the store (<models>/<name>/_LABELS.json): set, remove, list."""
+
+
+_source = click.option("--source", required=True, envvar="MODEL_SOURCE", metavar="URI/NAME",
+                       help="The model's folder: <models-uri>/<model-name>.")
+
+
+@label.command("set")
+@_source
+@click.option("--verify-key", type=click.Path(dir_okay=False), envvar="VERIFY_KEY",
+              help="Also require each version to be signed with this public key.")
+@click.argument("assignments", nargs=-1, required=True, metavar="LABEL=VERSION...")
+@_store_command
+def label_set(source, verify_key, assignments) -> None:
+    """Point labels at published versions (each must verify), in one atomic write."""
+    from contract.labels import parse_assignment
+    from serving.store import ModelFolder
+
+    pairs = dict(parse_assignment(a) for a in assignments)
+    _show_labels(ModelFolder(source, _verify_key(verify_key)).set_labels(pairs))
+
+
+@label.command("rm")
+@_source
+@click.argument("names", nargs=-1, required=True, metavar="LABEL...")
+@_store_command
+def label_rm(source, names) -> None:
+    """Remove labels."""
+    from contract.labels import check_label
+    from serving.store import ModelFolder
+
+    _show_labels(ModelFolder(source).remove_labels([check_label(n) for n in names]))
+
+
+@label.command("ls")
+@_source
+@_store_command
+def label_ls(source) -> None:
+    """List the labels and the versions they name."""
+    from serving.store import ModelFolder
+
+    _show_labels(ModelFolder(source).labels())
+
+
+@cli.command()
+@_source
+@click.option("--keep", type=int, required=True, help="Keep the newest N versions.")
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+@_store_command
+def gc(source, keep, dry_run) -> None:
+    """Delete old versions from the store: all but the newest --keep and the labelled ones.
+
+    Each goes manifest first, so it disappears for every reader at once."""
+    from serving.store import ModelFolder
+
+    plan = ModelFolder(source).gc(keep, dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"kept {plan.kept} (newest {keep}), {plan.labelled} (labelled); {verb} "
+               f"{plan.deleted}")
+
+
+# ---------------------------------------------------------------------------------------
 # The client.
 
 def _server_options(f):

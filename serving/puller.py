@@ -232,14 +232,7 @@ class Puller:
                         kind = "a symbolic link" if depth == len(parts) else \
                             f"under the symbolically linked folder {'/'.join(parts[:depth])}"
                         raise Rejected(f"{f.path} is {kind}")
-        # Sizes first: an object that is not the size the manifest says is refused before a
-        # byte of it is downloaded.
-        for f in manifest.files:
-            if f.path not in stored:
-                raise Rejected(f"{f.path} is missing")
-            if stored[f.path].size != f.size:
-                raise Rejected(f"{f.path} has {stored[f.path].size} bytes, the manifest says "
-                               f"{f.size}")
+        check_sizes(manifest, stored)
         files = manifest.files
         if self.verify_key is not None:
             # The signature before any other file: a version not signed by our key costs
@@ -317,6 +310,17 @@ class Puller:
             delay = interval if not failures else min(interval * 2 ** (failures - 1),
                                                       max(interval, BACKOFF_MAX_S))
             stop.wait(delay)
+
+
+def check_sizes(manifest: Manifest, stored: dict[str, FileEntry]) -> None:
+    """Sizes first: an object that is not the size the manifest says is refused before a
+    byte of it is downloaded."""
+    for f in manifest.files:
+        if f.path not in stored:
+            raise Rejected(f"{f.path} is missing")
+        if stored[f.path].size != f.size:
+            raise Rejected(f"{f.path} has {stored[f.path].size} bytes, the manifest says "
+                           f"{f.size}")
 
 
 def manifest_text(manifest: Manifest) -> str:

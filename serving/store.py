@@ -1,0 +1,131 @@
+"""Managing a model's folder in the store: version labels and retention.
+
+`serving label set|rm|ls` and `serving gc` act on `<models>/<name>/` directly: labels are one
+small object replaced whole (contract.labels); gc deletes old, unlabelled versions manifest
+first, so each disappears for every reader at once and is never seen half-deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from contract.errors import InputError
+from contract.labels import Labels, LabelsError, parse_labels
+from contract.manifest import MANIFEST_FILE, Manifest
+from contract.names import LABELS_OBJECT, parse_version
+from contract.signing import SignatureError, VerifyKey
+from contract.storage import Location, open_location
+from serving.puller import Puller, Rejected, check_sizes
+
+log = logging.getLogger(__name__)
+
+
+class ModelFolder:
+    """`<models>/<name>/` in the store."""
+
+    def __init__(self, source: str, verify_key: VerifyKey | None = None):
+        self.location: Location = open_location(source)
+        self.model_name = self.location.uri.rstrip("/").rsplit("/", 1)[-1]
+        self.verify_key = verify_key
+
+    # -- versions -------------------------------------------------------------------------
+    def versions(self) -> list[int]:
+        """Every numbered folder, newest first (published or not)."""
+        return sorted((v for v in map(parse_version, self.location.list_dirs()) if v),
+                      reverse=True)
+
+    def verified_manifest(self, version: int) -> Manifest:
+        """The version's manifest, parsed strictly, naming this model, with every file it
+        lists present at its size (and signed by `verify_key`, when given). InputError
+        (exit 2) says what is wrong."""
+        remote = self.location.child(str(version))
+        stored = {e.path: e for e in remote.list_files()}
+        if MANIFEST_FILE not in stored:
+            raise InputError(f"version {version} of {self.model_name} is not published (no "
+                             f"{MANIFEST_FILE} under {remote.uri})")
+        checker = Puller(self.location.uri, "/nonexistent-dest", quiet=True,
+                         verify_key=self.verify_key)
+        try:
+            manifest = checker.read_manifest(version)
+            check_sizes(manifest, stored)
+            if self.verify_key is not None:
+                self._check_signature(remote, manifest)
+        except (Rejected, SignatureError) as e:
+            raise InputError(f"version {version} of {self.model_name}: {e}") from None
+        return manifest
+
+    def _check_signature(self, remote: Location, manifest: Manifest) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from contract.names import SIGNATURE_FILE
+
+        if SIGNATURE_FILE not in {f.path for f in manifest.files}:
+            raise SignatureError(f"unsigned (no {SIGNATURE_FILE}), and --verify-key requires one")
+        with tempfile.TemporaryDirectory(prefix="labels-") as work:
+            sig = Path(work) / SIGNATURE_FILE
+            sig.write_bytes(remote.read_bytes(SIGNATURE_FILE, limit=1 << 20))
+            signed = self.verify_key.signed_digests(sig)
+        self.verify_key.check_listing(signed, {f.path: f.sha256 for f in manifest.files})
+
+    # -- labels ---------------------------------------------------------------------------
+    def labels(self) -> Labels:
+        """The labels in the store; none when there is no labels object yet."""
+        try:
+            data = self.location.read_bytes(LABELS_OBJECT, limit=1 << 20)
+        except FileNotFoundError:
+            return Labels(self.model_name, {})
+        try:
+            return parse_labels(data, self.model_name)
+        except LabelsError as e:
+            raise InputError(f"{self.location.uri}/{LABELS_OBJECT}: {e}") from None
+
+    def set_labels(self, assignments: dict[str, int]) -> Labels:
+        """Point labels at versions; each must be published and verify. One atomic write."""
+        current = self.labels()
+        for label, version in assignments.items():
+            self.verified_manifest(version)
+            log.info("label %s -> version %d of %s", label, version, self.model_name)
+        updated = Labels(self.model_name, {**current.labels, **assignments})
+        self.location.write_bytes(LABELS_OBJECT, updated.to_bytes())
+        return updated
+
+    def remove_labels(self, names: list[str]) -> Labels:
+        current = self.labels()
+        missing = [n for n in names if n not in current.labels]
+        if missing:
+            raise InputError(f"no label {', '.join(missing)} on {self.model_name} (labels: "
+                             f"{', '.join(sorted(current.labels)) or 'none'})")
+        updated = Labels(self.model_name, {k: v for k, v in current.labels.items()
+                                           if k not in names})
+        self.location.write_bytes(LABELS_OBJECT, updated.to_bytes())
+        return updated
+
+    # -- retention ------------------------------------------------------------------------
+    def gc(self, keep: int, dry_run: bool) -> GcPlan:
+        """Delete versions beyond the newest `keep` that no label names. Each goes manifest
+        first: from that moment no reader (puller, server) considers it."""
+        if keep < 1:
+            raise InputError(f"--keep must be at least 1, got {keep}")
+        labelled = set(self.labels().labels.values())  # a broken labels object stops gc
+        versions = self.versions()
+        plan = GcPlan(kept=versions[:keep], labelled=sorted(labelled & set(versions)),
+                      deleted=[v for v in versions[keep:] if v not in labelled])
+        if dry_run:
+            return plan
+        for version in plan.deleted:
+            remote = self.location.child(str(version))
+            remote.delete([MANIFEST_FILE])  # gone for readers, at once
+            rest = [e.path for e in remote.list_files()]
+            remote.delete(rest)
+            log.info("deleted version %d of %s (%d files)", version, self.model_name,
+                     len(rest) + 1)
+        return plan
+
+
+@dataclass
+class GcPlan:
+    kept: list[int]  # the newest `keep`
+    labelled: list[int]  # kept because a label names them
+    deleted: list[int]
