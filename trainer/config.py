@@ -35,6 +35,8 @@ class TrainConfig:
     weights: str = "imagenet"
     cache: str | None = None  # None: --no-cache, train the notebook's way
     min_val_accuracy: float = 0.0
+    test_split: float = 0.0  # 0: no test set (the default, as before)
+    min_test_accuracy: float = 0.0
     version: int | None = None  # None: UTC unix seconds at publish
     report_dir: str | None = None
     require_gpu: bool = False  # fail (exit 3) rather than train on the CPU
@@ -52,6 +54,13 @@ class TrainConfig:
             (0 < self.val_split < 1, f"--val-split must be between 0 and 1, got {self.val_split}"),
             (0 <= self.min_val_accuracy <= 1,
              f"--min-val-accuracy must be between 0 and 1, got {self.min_val_accuracy}"),
+            (0 <= self.test_split < 1 and self.val_split + self.test_split < 1,
+             f"--test-split must be at least 0 and leave images to train on (with "
+             f"--val-split {self.val_split}), got {self.test_split}"),
+            (0 <= self.min_test_accuracy <= 1,
+             f"--min-test-accuracy must be between 0 and 1, got {self.min_test_accuracy}"),
+            (self.min_test_accuracy == 0 or self.test_split > 0,
+             "--min-test-accuracy needs a test set: give --test-split too"),
             (self.version is None or self.version > 0,
              f"--version must be a positive integer, got {self.version}"),
             (self.weights in ("imagenet", "none") or

@@ -150,14 +150,38 @@ def load_images(data_uri: str, quiet: bool = False) -> ImageSet:
     return images
 
 
-def check_class_sizes(images: ImageSet, data_uri: str) -> None:
+def check_class_sizes(images: ImageSet, data_uri: str, with_test: bool = False) -> None:
     """Every class needs at least MIN_IMAGES_PER_CLASS usable images (one to train, one to
-    validate)."""
-    small = {c: n for c, n in images.class_counts().items() if n < MIN_IMAGES_PER_CLASS}
+    validate), and one more with a test split."""
+    needed = MIN_IMAGES_PER_CLASS + (1 if with_test else 0)
+    small = {c: n for c, n in images.class_counts().items() if n < needed}
     if small:
         detail = ", ".join(f"{c}: {n}" for c, n in small.items())
-        raise InputError(f"--data {data_uri}: every class needs at least "
-                         f"{MIN_IMAGES_PER_CLASS} usable images; too few in {detail}")
+        raise InputError(f"--data {data_uri}: every class needs at least {needed} usable "
+                         f"images{' with --test-split' if with_test else ''}; too few in "
+                         f"{detail}")
+
+
+def split_with_test(labels: np.ndarray, val_split: float, test_split: float, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, validation, test) indices, each sorted, stratified per class; the fractions
+    are of each class's images. Without a test split it is exactly stratified_split (the
+    same seed gives the same train and validation sets as before there was a test split).
+    With one, every class keeps at least one image in each of the three sets."""
+    if test_split <= 0:
+        train, val = stratified_split(labels, val_split, seed)
+        return train, val, np.zeros(0, np.int64)
+    rng = np.random.default_rng([seed, 2])  # its own stream: the splits cannot overlap
+    train, val, test = [], [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(len(idx))]
+        n_test = min(max(1, round(len(idx) * test_split)), len(idx) - 2)
+        n_val = min(max(1, round(len(idx) * val_split)), len(idx) - n_test - 1)
+        test.extend(idx[:n_test])
+        val.extend(idx[n_test:n_test + n_val])
+        train.extend(idx[n_test + n_val:])
+    return tuple(np.sort(np.asarray(part, dtype=np.int64)) for part in (train, val, test))
 
 
 def stratified_split(labels: np.ndarray, val_split: float, seed: int

@@ -18,7 +18,7 @@ from contract.names import SIGNATURE_FILE, STAGING_PREFIX
 from contract.signing import SigningKey
 from contract.storage import LocalLocation, open_location
 from trainer.config import TrainConfig
-from trainer.data import ImageSet, check_class_sizes, load_images, stratified_split
+from trainer.data import ImageSet, check_class_sizes, load_images, split_with_test
 from trainer.export import export_saved_model
 from trainer.features import FeatureCache, decodable, extract_features
 from trainer.model import BaseModel, build_base, full_model
@@ -33,7 +33,13 @@ from trainer.report import (
 )
 from trainer.runtime import configure
 from trainer.sample_data import warmup_images
-from trainer.train import FitResult, fit_end_to_end, fit_on_features
+from trainer.train import (
+    FitResult,
+    fit_end_to_end,
+    fit_on_features,
+    predict_features,
+    predict_images,
+)
 
 log = logging.getLogger(__name__)
 REPORT_SUBDIR = "assets.extra/report"
@@ -55,11 +61,19 @@ class JobResult:
     signed_by: str | None = None  # the signing key's id, when the version is signed
 
 
-def _image_counts(images: ImageSet, train: np.ndarray, val: np.ndarray) -> dict:
+def _image_counts(images: ImageSet, train: np.ndarray, val: np.ndarray,
+                  test: np.ndarray) -> dict:
     per_class = {c: {"train": int((images.labels[train] == i).sum()),
-                     "val": int((images.labels[val] == i).sum())}
+                     "val": int((images.labels[val] == i).sum()),
+                     "test": int((images.labels[test] == i).sum())}
                  for i, c in enumerate(images.classes)}
-    return {"train": len(train), "val": len(val), "per_class": per_class}
+    return {"train": len(train), "val": len(val), "test": len(test), "per_class": per_class}
+
+
+def _cross_entropy(probabilities: np.ndarray, y: np.ndarray) -> float:
+    """Mean categorical cross-entropy, as Keras reports the training loss."""
+    picked = np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0)
+    return float(-np.log(picked).mean())
 
 
 def run(config: TrainConfig) -> JobResult:
@@ -94,9 +108,10 @@ def run(config: TrainConfig) -> JobResult:
         log.warning("skipped %d files (listed in the report): %s", len(images.skipped),
                     "; ".join(f"{s.path}: {s.reason}" for s in images.skipped[:5]) +
                     (" ..." if len(images.skipped) > 5 else ""))
-    check_class_sizes(images, config.data)
+    check_class_sizes(images, config.data, with_test=config.test_split > 0)
 
-    train, val = stratified_split(images.labels, config.val_split, config.seed)
+    train, val, test = split_with_test(images.labels, config.val_split, config.test_split,
+                                       config.seed)
     fit_args = dict(epochs=config.epochs, batch_size=config.batch_size,
                     learning_rate=config.learning_rate, seed=config.seed,
                     verbose=0 if config.quiet else 2)
@@ -122,20 +137,35 @@ def run(config: TrainConfig) -> JobResult:
         "classes": images.classes,
         "history": fit.history,
         "validation": validation,
-        "images": _image_counts(images, train, val),
+        "images": _image_counts(images, train, val, test),
         "skipped": [{"path": s.path, "reason": s.reason} for s in images.skipped],
         "features": {"cache": config.cache, "from_cache": from_cache, "computed": computed},
         "timings_s": timings,
         "runtime": {"devices": runtime.devices, "threads": runtime.threads},
     }
+    if len(test):  # held out of training and validation: the seed recipe's test metrics
+        probabilities = predict_features(fit.head, vectors[test], config.batch_size) \
+            if config.cache is not None else predict_images(
+                base, fit.head, [images.contents[i] for i in test], config.batch_size)
+        tested = classification_metrics(images.classes, images.labels[test], probabilities)
+        tested["loss"] = _cross_entropy(probabilities, images.labels[test])
+        metrics["test"] = tested
+        log.info("test: accuracy %.4f, loss %.4f on %d held-out images", tested["accuracy"],
+                 tested["loss"], len(test))
     result = JobResult(None, None, metrics, fit, base, images, val)
 
-    if validation["accuracy"] < config.min_val_accuracy:
-        with tempfile.TemporaryDirectory(prefix="trainer-report-") as work:
-            write_report(Path(work), metrics, fit.history)
-            _copy_report(Path(work), config.report_dir)
-        raise GateNotMet(f"validation accuracy {validation['accuracy']:.4f} is below "
-                         f"--min-val-accuracy {config.min_val_accuracy}; nothing published")
+    gates = [("validation", validation["accuracy"], config.min_val_accuracy,
+              "--min-val-accuracy")]
+    if "test" in metrics:
+        gates.append(("test", metrics["test"]["accuracy"], config.min_test_accuracy,
+                      "--min-test-accuracy"))
+    for name, accuracy, minimum, flag in gates:
+        if accuracy < minimum:
+            with tempfile.TemporaryDirectory(prefix="trainer-report-") as work:
+                write_report(Path(work), metrics, fit.history)
+                _copy_report(Path(work), config.report_dir)
+            raise GateNotMet(f"{name} accuracy {accuracy:.4f} is below {flag} {minimum}; "
+                             "nothing published")
 
     # Assemble the version next to a local output, so publishing is a rename, not a copy.
     output = open_location(config.output)
@@ -178,7 +208,10 @@ def run(config: TrainConfig) -> JobResult:
             input_spec={"image_size": list(IMAGE_SIZE), "preprocessing": PREPROCESSING,
                         "preprocessing_version": PREPROCESSING_VERSION},
             metrics={"val_accuracy": validation["accuracy"], "val_loss": validation["loss"],
-                     "train_images": len(train), "val_images": len(val)},
+                     "train_images": len(train), "val_images": len(val),
+                     **({"test_accuracy": metrics["test"]["accuracy"],
+                         "test_loss": metrics["test"]["loss"], "test_images": len(test)}
+                        if "test" in metrics else {})},
             dataset={"uri": config.data, "fingerprint": images.fingerprint(),
                      "images": len(images), "skipped": len(images.skipped)},
             files=files)

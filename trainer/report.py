@@ -20,6 +20,7 @@ from sklearn.metrics import (
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "training_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
+TEST_CONFUSION_FILE = "test_confusion_matrix.png"  # with --test-split
 CONFIG_FILE = "config.json"
 
 
@@ -56,7 +57,7 @@ def plot_training_curves(history: dict[str, list[float]], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def plot_confusion_matrix(metrics: dict, path: Path) -> None:
+def plot_confusion_matrix(metrics: dict, path: Path, title: str = "Validation") -> None:
     cm = metrics["confusion_matrix"]
     size = max(4, 1 + 0.6 * len(cm["labels"]))
     fig = Figure(figsize=(size + 1, size), layout="constrained")
@@ -64,7 +65,7 @@ def plot_confusion_matrix(metrics: dict, path: Path) -> None:
     ConfusionMatrixDisplay(np.asarray(cm["rows_true_cols_predicted"]),
                            display_labels=cm["labels"]).plot(ax=ax, colorbar=True,
                                                              xticks_rotation=45)
-    ax.set_title(f"Validation confusion matrix (accuracy {metrics['accuracy']:.3f})")
+    ax.set_title(f"{title} confusion matrix (accuracy {metrics['accuracy']:.3f})")
     fig.savefig(path, dpi=100)
 
 
@@ -73,6 +74,8 @@ def write_plots(folder: Path, metrics: dict, history: dict[str, list[float]]) ->
     folder.mkdir(parents=True, exist_ok=True)
     plot_training_curves(history, folder / CURVES_FILE)
     plot_confusion_matrix(metrics["validation"], folder / CONFUSION_FILE)
+    if "test" in metrics:
+        plot_confusion_matrix(metrics["test"], folder / TEST_CONFUSION_FILE, "Test")
 
 
 def write_metrics(folder: Path, metrics: dict) -> None:

@@ -63,6 +63,19 @@ def fit_on_features(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
     return FitResult(history, head, probabilities)
 
 
+def predict_features(head: keras.layers.Dense, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """The trained head's probabilities for fc2 features."""
+    return head_model(head).predict(x, batch_size=batch_size, verbose=0)
+
+
+def predict_images(base: BaseModel, head: keras.layers.Dense, contents: list[bytes],
+                   batch_size: int) -> np.ndarray:
+    """The whole network's probabilities for encoded images (--no-cache)."""
+    bs = tf.constant(contents, dtype=tf.string)
+    ds = tf.data.Dataset.from_tensor_slices(bs).map(preprocess_image_bytes).batch(batch_size)
+    return full_model(base, head).predict(ds, verbose=0)
+
+
 def fit_end_to_end(base: BaseModel, train_contents: list[bytes], train_y: np.ndarray,
                    val_contents: list[bytes], val_y: np.ndarray, num_classes: int, *,
                    epochs: int, batch_size: int, learning_rate: float, seed: int,

@@ -230,6 +230,61 @@ def test_a_poisoned_feature_cache_is_caught_before_publishing(tmp_path):
     assert fresh.exit_code == 0, fresh.output
 
 
+def test_a_test_split_is_held_out_scored_and_reported(tmp_path):
+    """The seed recipe's test set: kept out of training and validation, scored once, its
+    loss, accuracy, per-class precision/recall and confusion matrix in the report and the
+    manifest."""
+    from contract.manifest import MANIFEST_FILE
+
+    data = tmp_path / "data"
+    write_sample_data(str(data), num_classes=2, per_class=6, seed=9, quiet=True)
+    result = train(*common(tmp_path, data), "--epochs", "2", "--val-split", "0.34",
+                   "--test-split", "0.34", "--version", "1",
+                   "--report-dir", str(tmp_path / "report"))
+    assert result.exit_code == 0, result.output
+    assert "test_accuracy " in result.output and "4 train / 4 val / 4 test images" in \
+        result.output
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["images"]["per_class"] == {c: {"train": 2, "val": 2, "test": 2}
+                                             for c in ("circle", "square")}
+    tested = metrics["test"]
+    assert set(tested) == {"accuracy", "loss", "per_class", "confusion_matrix"}
+    assert sum(map(sum, tested["confusion_matrix"]["rows_true_cols_predicted"])) == 4
+    assert {c: v["support"] for c, v in tested["per_class"].items()} == {"circle": 2,
+                                                                       "square": 2}
+    assert tested["loss"] > 0
+    validated = {p["path"] for p in metrics["validation"]["predictions"]}
+    assert len(validated) == 4  # and none of them is a test image (4 + 4 + 4 = 12)
+    assert (tmp_path / "report" / "test_confusion_matrix.png").is_file()
+    manifest = json.loads((tmp_path / "models" / "m" / "1" / MANIFEST_FILE).read_text())
+    assert manifest["metrics"]["test_images"] == 4
+    assert manifest["metrics"]["test_accuracy"] == tested["accuracy"]
+
+
+def test_the_test_accuracy_gate_publishes_nothing_and_exits_4(tmp_path):
+    data = tmp_path / "data"
+    write_sample_data(str(data), num_classes=2, per_class=4, seed=1, quiet=True)
+    shutil.rmtree(data / "square")
+    shutil.copytree(data / "circle", data / "square")  # no model can beat 50% on these
+    result = train(*common(tmp_path, data), "--epochs", "1", "--test-split", "0.25",
+                   "--min-test-accuracy", "0.9")
+    assert result.exit_code == 4
+    assert "test accuracy 0.5000 is below --min-test-accuracy 0.9; nothing published" in \
+        error_line(result)
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--min-test-accuracy", "0.8"], "--min-test-accuracy needs a test set"),
+    (["--test-split", "0.85"], "--test-split must be at least 0 and leave images to train"),
+    (["--test-split", "-0.1"], "--test-split must be at least 0"),
+])
+def test_test_split_usage_errors(tmp_path, small_data, args, message):
+    result = train(*common(tmp_path, small_data), *args)
+    assert result.exit_code == 2
+    assert message in error_line(result)
+
+
 def test_sample_data_rejects_bad_class_count(tmp_path):
     result = CliRunner().invoke(cli, ["sample-data", "--output", str(tmp_path), "--classes", "9"])
     assert result.exit_code == 2

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from contract.errors import InputError
-from trainer.data import MAX_IMAGE_PIXELS, load_images, stratified_split
+from trainer.data import MAX_IMAGE_PIXELS, load_images, split_with_test, stratified_split
 
 
 def png(size=(8, 8)) -> bytes:
@@ -28,6 +28,25 @@ def test_split_is_stratified_deterministic_and_complete():
     assert all(np.array_equal(a, b) for a, b in zip((train, val), again, strict=True))
     other = stratified_split(labels, 0.2, seed=2)
     assert not np.array_equal(val, other[1])
+
+
+def test_the_test_split_is_disjoint_stratified_and_leaves_the_old_split_alone():
+    labels = np.array([0] * 20 + [1] * 10 + [2] * 3)
+    train, val, test = split_with_test(labels, 0.15, 0.15, seed=4)
+    parts = [set(train.tolist()), set(val.tolist()), set(test.tolist())]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert set().union(*parts) == set(range(len(labels)))
+    # Per class: 15% held out for test (at least one), 15% validated, the rest trained.
+    assert np.bincount(labels[test]).tolist() == [3, 2, 1]
+    assert np.bincount(labels[val]).tolist() == [3, 2, 1]
+    assert np.bincount(labels[train]).tolist() == [14, 6, 1]
+    again = split_with_test(labels, 0.15, 0.15, seed=4)
+    assert all(np.array_equal(a, b) for a, b in zip((train, val, test), again, strict=True))
+    # No test split: exactly the split every earlier run made with the same seed.
+    train0, val0, test0 = split_with_test(labels, 0.2, 0.0, seed=4)
+    old_train, old_val = stratified_split(labels, 0.2, seed=4)
+    assert np.array_equal(train0, old_train) and np.array_equal(val0, old_val)
+    assert len(test0) == 0
 
 
 def test_classes_are_sorted_folder_names_and_extensions_any_case(tmp_path):
