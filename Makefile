@@ -39,7 +39,7 @@ bench: install
 	$(PY) -m tests.benchmarks.run $(BENCH_ARGS)
 
 lint: install
-	$(PY) -m ruff check trainer serving tools tests
+	$(PY) -m ruff check contract trainer serving tools tests
 	$(VENV)/bin/hadolint trainer/Dockerfile serving/Dockerfile serving/puller.Dockerfile
 
 manifests: install
