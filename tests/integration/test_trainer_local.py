@@ -28,6 +28,24 @@ def tiny_data(tiny_model):
     return str(tiny_model.root / "data")
 
 
+def test_the_test_split_is_scored_the_same_with_and_without_the_cache(tiny_model, tiny_data,
+                                                                     tmp_path):
+    """--test-split on both paths: the cached one scores the held-out features with the
+    head, --no-cache runs the held-out images through the whole network."""
+    runs = {}
+    for name, cache in (("cached", str(tiny_model.root / "cache")), ("no-cache", None)):
+        config = TrainConfig(data=tiny_data, output=str(tmp_path / name), model_name="tiny",
+                             cache=cache, quiet=True, test_split=0.34,
+                             **{**TINY, "val_split": 0.17})
+        runs[name] = run(config).metrics
+    cached, uncached = runs["cached"], runs["no-cache"]
+    assert cached["features"]["computed"] == 0  # all from the session's cache
+    assert cached["images"]["test"] == uncached["images"]["test"] == 4
+    assert cached["test"]["accuracy"] == uncached["test"]["accuracy"]
+    np.testing.assert_allclose(cached["test"]["loss"], uncached["test"]["loss"], rtol=1e-4)
+    assert cached["test"]["confusion_matrix"] == uncached["test"]["confusion_matrix"]
+
+
 @pytest.fixture(scope="module")
 def loaded(cached_run):
     result, _ = cached_run
