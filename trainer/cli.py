@@ -79,6 +79,10 @@ def cli() -> None:
                    "[default: the user cache folder]")
 @click.option("--no-cache", "no_cache", is_flag=True,
               help="Train the original notebook's way: every image through VGG16 every epoch.")
+@click.option("--cache-check", type=int, default=defaults.DEFAULT_CACHE_CHECK,
+              envvar="CACHE_CHECK",
+              help="Cache hits recomputed through VGG16 each run, chosen at random, to catch "
+                   "entries that are not their images' features (exit 4). 0: none.")
 @click.option("--min-val-accuracy", type=float, default=0.0, envvar="MIN_VAL_ACCURACY",
               help="Publish only if validation accuracy reaches this (else exit 4, "
                    "nothing published).")
@@ -105,7 +109,7 @@ def cli() -> None:
 @click.option("--verbose", is_flag=True,
               help="Also show TensorFlow's native start-up and log lines.")
 def train(data, output, model_name, epochs, batch_size, learning_rate, val_split, seed, weights,
-          cache, no_cache, min_val_accuracy, test_split, min_test_accuracy, version,
+          cache, no_cache, cache_check, min_val_accuracy, test_split, min_test_accuracy, version,
           report_dir, require_gpu, signing_key, quiet, verbose) -> None:
     """Train the softmax head on a frozen VGG16 and publish a SavedModel version."""
     if cache and no_cache:
@@ -124,7 +128,7 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
         config = TrainConfig(data=data, output=output, model_name=model_name, epochs=epochs,
                              batch_size=batch_size, learning_rate=learning_rate,
                              val_split=val_split, seed=seed, weights=weights,
-                             cache=None if no_cache else cache,
+                             cache=None if no_cache else cache, cache_check=cache_check,
                              min_val_accuracy=min_val_accuracy, test_split=test_split,
                              min_test_accuracy=min_test_accuracy, version=version,
                              report_dir=report_dir, require_gpu=require_gpu,

@@ -17,6 +17,7 @@ DEFAULT_BATCH_SIZE = 32  # fits VGG16 activations in a few GB of RAM/VRAM
 DEFAULT_LEARNING_RATE = 0.001  # Adam's default
 DEFAULT_VAL_SPLIT = 0.2  # 80/20, stratified per class
 DEFAULT_SEED = 0
+DEFAULT_CACHE_CHECK = 8  # a few seconds of VGG16 per run; catches a cache poisoned at scale
 # Model names become URL path segments (/v1/models/<name>) and k8s-friendly labels.
 WEIGHT_FILE_SUFFIXES = (".h5", ".weights.h5", ".hdf5")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -41,6 +42,7 @@ class TrainConfig:
     report_dir: str | None = None
     require_gpu: bool = False  # fail (exit 3) rather than train on the CPU
     signing_key: str | None = None  # PEM EC private key: sign the version (model.sig)
+    cache_check: int = DEFAULT_CACHE_CHECK  # random cache hits recomputed each run; 0: none
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -59,6 +61,8 @@ class TrainConfig:
              f"--val-split {self.val_split}), got {self.test_split}"),
             (0 <= self.min_test_accuracy <= 1,
              f"--min-test-accuracy must be between 0 and 1, got {self.min_test_accuracy}"),
+            (self.cache_check >= 0,
+             f"--cache-check must be 0 or more, got {self.cache_check}"),
             (self.min_test_accuracy == 0 or self.test_split > 0,
              "--min-test-accuracy needs a test set: give --test-split too"),
             (self.version is None or self.version > 0,

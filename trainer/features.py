@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from contract.errors import GateNotMet
 from contract.storage import TRANSFER_WORKERS, Location
 from trainer.data import ImageSet, Skipped
 from trainer.model import FEATURE_DIM, BaseModel, feature_function
@@ -86,6 +87,40 @@ class Features:
     from_cache: int
     computed: int
     seconds: float
+    spot_checked: int = 0  # cache hits recomputed through VGG16 and found equal
+
+
+# A cache entry and its image's features recomputed now agree to float noise (batching and
+# kernel order change the last digits); anything further apart is not that image's features.
+SPOT_CHECK_TOLERANCE = 1e-3
+
+
+def spot_check(images: ImageSet, base: BaseModel, vectors: np.ndarray, hits: np.ndarray,
+               count: int, batch_size: int) -> int:
+    """Recompute `count` randomly chosen cache hits (a new choice every run) and compare.
+    Whoever can write the cache could store other images' features under these images'
+    keys; a sampled mismatch stops the run (exit 4) before anything is trained on them."""
+    if count <= 0 or not len(hits):
+        return 0
+    rng = np.random.default_rng()  # unseeded on purpose: an attacker cannot predict it
+    sample = np.sort(rng.choice(hits, size=min(count, len(hits)), replace=False))
+    extract = feature_function(base)
+    bad = []
+    for local_idx, batch in image_pipeline([images.contents[i] for i in sample],
+                                           preprocess_image_bytes, batch_size):
+        rows = sample[local_idx.numpy()]
+        fresh = extract(batch).numpy()
+        for row, vector in zip(rows, fresh, strict=True):
+            scale = max(float(np.abs(vector).max()), 1.0)
+            if float(np.abs(vectors[row] - vector).max()) > SPOT_CHECK_TOLERANCE * scale:
+                bad.append(images.paths[row])
+    if bad:
+        raise GateNotMet(
+            f"feature cache spot check: {len(bad)} of {len(sample)} cache entries checked "
+            f"are not their images' features (for example {bad[0]}): the cache holds entries "
+            "written by someone else, or stale ones; nothing published. Run with a fresh "
+            "--cache to recompute them")
+    return len(sample)
 
 
 def image_pipeline(contents: list[bytes], fn, batch_size: int) -> tf.data.Dataset:
@@ -110,7 +145,7 @@ def _drop_undecodable(images: ImageSet, ok: np.ndarray) -> ImageSet:
 
 
 def extract_features(images: ImageSet, base: BaseModel, cache: FeatureCache | None,
-                     batch_size: int, quiet: bool = False) -> Features:
+                     batch_size: int, quiet: bool = False, spot_checks: int = 0) -> Features:
     """fc2 features for every decodable image: from the cache where possible, else computed
     once through VGG16 (and written to the cache as they come, so progress survives a kill)."""
     start = time.perf_counter()
@@ -123,6 +158,7 @@ def extract_features(images: ImageSet, base: BaseModel, cache: FeatureCache | No
         if digest in cached:
             vectors[i], ok[i] = cached[digest], True
     from_cache = int(ok.sum())
+    checked = spot_check(images, base, vectors, np.flatnonzero(ok), spot_checks, batch_size)
 
     todo = np.flatnonzero(~ok)
     computed = 0
@@ -148,7 +184,8 @@ def extract_features(images: ImageSet, base: BaseModel, cache: FeatureCache | No
             for f in pending:
                 f.result()
     usable = _drop_undecodable(images, ok)
-    return Features(usable, vectors[ok], from_cache, computed, time.perf_counter() - start)
+    return Features(usable, vectors[ok], from_cache, computed, time.perf_counter() - start,
+                    checked)
 
 
 def decodable(images: ImageSet, batch_size: int) -> ImageSet:

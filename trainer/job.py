@@ -94,13 +94,16 @@ def run(config: TrainConfig) -> JobResult:
     base = build_base(config.weights, config.seed)
     t = lap("build_model", t)
 
-    from_cache = computed = 0
+    from_cache = computed = spot_checked = 0
     if config.cache is not None:
         cache = FeatureCache(open_location(config.cache), base.weights_sha256)
-        features = extract_features(images, base, cache, config.batch_size, config.quiet)
+        features = extract_features(images, base, cache, config.batch_size, config.quiet,
+                                    spot_checks=config.cache_check)
         images, vectors = features.images, features.vectors
         from_cache, computed = features.from_cache, features.computed
-        log.info("features: %d from cache, %d computed with VGG16", from_cache, computed)
+        spot_checked = features.spot_checked
+        log.info("features: %d from cache (%d of them recomputed and checked), %d computed "
+                 "with VGG16", from_cache, spot_checked, computed)
     else:
         images = decodable(images, config.batch_size)
     t = lap("features", t)
@@ -139,7 +142,8 @@ def run(config: TrainConfig) -> JobResult:
         "validation": validation,
         "images": _image_counts(images, train, val, test),
         "skipped": [{"path": s.path, "reason": s.reason} for s in images.skipped],
-        "features": {"cache": config.cache, "from_cache": from_cache, "computed": computed},
+        "features": {"cache": config.cache, "from_cache": from_cache, "computed": computed,
+                     "spot_checked": spot_checked},
         "timings_s": timings,
         "runtime": {"devices": runtime.devices, "threads": runtime.threads},
     }

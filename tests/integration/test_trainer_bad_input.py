@@ -218,7 +218,7 @@ def test_a_poisoned_feature_cache_is_caught_before_publishing(tmp_path):
     for item in val:
         [other_class] = [c for c in others if c != item["true"]]
         entry(item["path"]).write_bytes(entry(others[other_class][0]).read_bytes())
-    second = train(*args, "--version", "2")
+    second = train(*args, "--version", "2", "--cache-check", "0")  # the cross-check alone
     assert second.exit_code == 4, second.output
     line = error_line(second)
     assert f"the exported model disagrees with the cached features on {len(val)} of " \
@@ -228,6 +228,34 @@ def test_a_poisoned_feature_cache_is_caught_before_publishing(tmp_path):
     fresh = train(*[a if a != str(tmp_path / "cache") else str(tmp_path / "cache2")
                     for a in args], "--version", "2")
     assert fresh.exit_code == 0, fresh.output
+
+
+def test_poisoned_training_entries_are_caught_by_the_spot_check(tmp_path):
+    """Validation cannot see poisoned training entries; recomputing cache hits can. Every
+    training image's entry holds another image's features here, so any sample finds one."""
+    import hashlib
+
+    data = tmp_path / "data"
+    write_sample_data(str(data), num_classes=2, per_class=4, seed=12, quiet=True)
+    args = [*common(tmp_path, data), "--epochs", "1"]
+    first = train(*args, "--version", "1", "--report-dir", str(tmp_path / "report"))
+    assert first.exit_code == 0, first.output
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["features"]["spot_checked"] == 0  # nothing was cached yet
+    val = {p["path"] for p in metrics["validation"]["predictions"]}
+    entries = {}
+    for path in sorted(p for p in data.rglob("*") if p.is_file()):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        [entries[str(path.relative_to(data))]] = (tmp_path / "cache").rglob(f"{digest}.npy")
+    trained = [p for p in entries if p not in val]
+    donor = entries[sorted(val)[0]].read_bytes()
+    for path in trained:
+        entries[path].write_bytes(donor)
+    second = train(*args, "--version", "2", "--cache-check", "3")
+    assert second.exit_code == 4, second.output
+    line = error_line(second)
+    assert "feature cache spot check:" in line and "nothing published" in line
+    assert sorted(p.name for p in (tmp_path / "models" / "m").iterdir()) == ["1"]
 
 
 def test_a_test_split_is_held_out_scored_and_reported(tmp_path):

@@ -57,7 +57,7 @@ def test_second_run_takes_every_feature_from_the_cache(published_s3):
     metrics = json.loads(open_location(models).read_bytes(
         "demo/2/assets.extra/report/metrics.json"))
     assert metrics["features"] == {"cache": published_s3["cache"], "from_cache": 100,
-                                   "computed": 0}
+                                   "computed": 0, "spot_checked": 8}
     # Same images, same weights, same seed: the same model.
     first, second = read_manifest(published_s3["version_uri"]), read_manifest(
         f"{models}/demo/2")
