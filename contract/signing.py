@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract.errors import InputError
-from contract.manifest import MANIFEST_FILE
+from contract.manifest import MANIFEST_FILE, ManifestFile
 from contract.names import SIGNATURE_FILE
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,18 @@ SUPPORTED_CURVES = ("secp256r1", "secp384r1", "secp521r1")  # model-signing's ke
 class SignatureError(ValueError):
     """A version's signature is missing, malformed, made with another key, or does not
     match the files. The message says which."""
+
+
+def signature_entry(files: list[ManifestFile]) -> ManifestFile:
+    """The manifest's `model.sig` entry, when a signature is required: SignatureError when
+    the version has none, or one too big to be a signature."""
+    [entry] = [f for f in files if f.path == SIGNATURE_FILE] or [None]
+    if entry is None:
+        raise SignatureError(f"unsigned (no {SIGNATURE_FILE}), and --verify-key requires one")
+    if entry.size > MAX_SIGNATURE_BYTES:
+        raise SignatureError(f"{SIGNATURE_FILE} has {entry.size} bytes (at most "
+                             f"{MAX_SIGNATURE_BYTES})")
+    return entry
 
 
 def _hashing_config():
@@ -136,6 +148,11 @@ class VerifyKey(_Key):
                 raise SignatureError(f"{path} is signed but missing from the manifest")
             if listed[path] != signed[path]:
                 raise SignatureError(f"{path} does not match its signed sha256")
+
+    def check_signed_files(self, signature: Path, listed: dict[str, str]) -> None:
+        """The signature (a local copy of `model.sig`) is this key's, and it signs exactly
+        the files `listed` ({path: sha256}, from the manifest) with their sha256s."""
+        self.check_listing(self.signed_digests(signature), listed)
 
     def verify_folder(self, version_dir: Path) -> None:
         """model-signing's full verification of a local version folder."""

@@ -39,7 +39,7 @@ from contract.manifest import (
     sha256_file,
 )
 from contract.names import SIGNATURE_FILE, STAGING_PREFIX, parse_version
-from contract.signing import MAX_SIGNATURE_BYTES, SignatureError, VerifyKey
+from contract.signing import SignatureError, VerifyKey, signature_entry
 from contract.storage import (
     ByteProgress,
     FileEntry,
@@ -127,16 +127,7 @@ class Puller:
 
     def read_manifest(self, version: int) -> Manifest:
         """The version's manifest, parsed strictly."""
-        data = self.source.child(str(version)).read_bytes(MANIFEST_FILE,
-                                                          limit=MAX_MANIFEST_BYTES)
-        try:
-            manifest = parse_manifest(data, expected_version=version)
-        except ManifestError as e:
-            raise Rejected(f"invalid manifest: {e}") from e
-        if manifest.model_name != self.model_name:
-            raise Rejected(f"manifest is for model {manifest.model_name!r}, expected "
-                           f"{self.model_name!r}")
-        return manifest
+        return read_manifest(self.source, self.model_name, version)
 
     def sync_once(self) -> SyncResult:
         """Bring the newest `keep` verified versions; remove older local ones."""
@@ -237,16 +228,9 @@ class Puller:
         if self.verify_key is not None:
             # The signature before any other file: a version not signed by our key costs
             # one small download, and the manifest must list exactly what was signed.
-            [sig] = [f for f in files if f.path == SIGNATURE_FILE] or [None]
-            if sig is None:
-                raise Rejected(f"signature: unsigned (no {SIGNATURE_FILE}), and --verify-key "
-                               "requires one")
-            if sig.size > MAX_SIGNATURE_BYTES:
-                raise Rejected(f"signature: {SIGNATURE_FILE} has {sig.size} bytes (at most "
-                               f"{MAX_SIGNATURE_BYTES})")
+            sig = self._verify(signature_entry, files)
             self._fetch(remote, sig, staging, None)
-            signed = self._verify(self.verify_key.signed_digests, staging / SIGNATURE_FILE)
-            self._verify(self.verify_key.check_listing, signed,
+            self._verify(self.verify_key.check_signed_files, staging / SIGNATURE_FILE,
                          {f.path: f.sha256 for f in files})
             files = [f for f in files if f.path != SIGNATURE_FILE]
         total = sum(f.size for f in files)
@@ -310,6 +294,20 @@ class Puller:
             delay = interval if not failures else min(interval * 2 ** (failures - 1),
                                                       max(interval, BACKOFF_MAX_S))
             stop.wait(delay)
+
+
+def read_manifest(source: Location, model_name: str, version: int) -> Manifest:
+    """Version `version`'s manifest under the model folder `source`, parsed strictly and
+    naming `model_name`; Rejected says what is wrong."""
+    data = source.child(str(version)).read_bytes(MANIFEST_FILE, limit=MAX_MANIFEST_BYTES)
+    try:
+        manifest = parse_manifest(data, expected_version=version)
+    except ManifestError as e:
+        raise Rejected(f"invalid manifest: {e}") from e
+    if manifest.model_name != model_name:
+        raise Rejected(f"manifest is for model {manifest.model_name!r}, expected "
+                       f"{model_name!r}")
+    return manifest
 
 
 def check_sizes(manifest: Manifest, stored: dict[str, FileEntry]) -> None:

@@ -14,9 +14,9 @@ from contract.errors import InputError
 from contract.labels import Labels, LabelsError, parse_labels
 from contract.manifest import MANIFEST_FILE, Manifest
 from contract.names import LABELS_OBJECT, parse_version
-from contract.signing import SignatureError, VerifyKey
+from contract.signing import MAX_SIGNATURE_BYTES, SignatureError, VerifyKey, signature_entry
 from contract.storage import Location, open_location
-from serving.puller import Puller, Rejected, check_sizes
+from serving.puller import Rejected, check_sizes, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,8 @@ class ModelFolder:
         if MANIFEST_FILE not in stored:
             raise InputError(f"version {version} of {self.model_name} is not published (no "
                              f"{MANIFEST_FILE} under {remote.uri})")
-        checker = Puller(self.location.uri, "/nonexistent-dest", quiet=True,
-                         verify_key=self.verify_key)
         try:
-            manifest = checker.read_manifest(version)
+            manifest = read_manifest(self.location, self.model_name, version)
             check_sizes(manifest, stored)
             if self.verify_key is not None:
                 self._check_signature(remote, manifest)
@@ -61,13 +59,12 @@ class ModelFolder:
 
         from contract.names import SIGNATURE_FILE
 
-        if SIGNATURE_FILE not in {f.path for f in manifest.files}:
-            raise SignatureError(f"unsigned (no {SIGNATURE_FILE}), and --verify-key requires one")
+        signature_entry(manifest.files)  # present, and small enough to be one
         with tempfile.TemporaryDirectory(prefix="labels-") as work:
             sig = Path(work) / SIGNATURE_FILE
-            sig.write_bytes(remote.read_bytes(SIGNATURE_FILE, limit=1 << 20))
-            signed = self.verify_key.signed_digests(sig)
-        self.verify_key.check_listing(signed, {f.path: f.sha256 for f in manifest.files})
+            sig.write_bytes(remote.read_bytes(SIGNATURE_FILE, limit=MAX_SIGNATURE_BYTES))
+            self.verify_key.check_signed_files(sig, {f.path: f.sha256
+                                                     for f in manifest.files})
 
     # -- labels ---------------------------------------------------------------------------
     def labels(self) -> Labels:
