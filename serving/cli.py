@@ -311,7 +311,9 @@ def _show_labels(labels) -> None:
     if not labels.labels:
         click.echo(f"{labels.model_name}: no labels")
     for label, version in sorted(labels.labels.items()):
-        click.echo(f"{label}={version}")
+        before = labels.history.get(label)
+        click.echo(f"{label}={version}" + (f"  (before: {', '.join(map(str, before))})"
+                                           if before else ""))
 
 
 @cli.group()
@@ -358,6 +360,26 @@ def label_ls(source) -> None:
     from serving.store import ModelFolder
 
     _show_labels(ModelFolder(source).labels())
+
+
+@cli.command()
+@_source
+@click.option("--label", "label_name", default="stable", show_default=True,
+              help="The label to move back.")
+@click.option("--verify-key", type=click.Path(dir_okay=False), envvar="VERIFY_KEY",
+              help="Also require the previous version to be signed with this public key.")
+@_store_command
+def rollback(source, label_name, verify_key) -> None:
+    """Point a label (stable) back at the version it named before.
+
+    Pullers keep that version installed and loaded, so serving switches back within one
+    poll interval."""
+    from contract.labels import check_label
+    from serving.store import ModelFolder
+
+    folder = ModelFolder(source, _verify_key(verify_key))
+    old, new = folder.rollback(check_label(label_name))
+    click.echo(f"rolled back: {label_name} {old} -> {new} ({folder.model_name})")
 
 
 @cli.command()

@@ -28,16 +28,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from contract.errors import EXIT_OK, EXIT_STORAGE, InputError, StorageError, UserError
-from contract.manifest import (
-    MANIFEST_FILE,
-    MAX_MANIFEST_BYTES,
-    Manifest,
-    ManifestError,
-    ManifestFile,
-    parse_manifest,
-    sha256_file,
-)
+from contract.errors import EXIT_OK, EXIT_STORAGE, InputError, UserError
+from contract.manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest
 from contract.names import SIGNATURE_FILE, STAGING_PREFIX, parse_version
 from contract.signing import SignatureError, VerifyKey, signature_entry
 from contract.storage import (
@@ -48,16 +40,18 @@ from contract.storage import (
     open_location,
     run_parallel,
 )
+from contract.versions import (  # noqa: F401 (Rejected and read_manifest: serving's API)
+    DOWNLOAD_WORKERS,
+    Rejected,
+    check_sizes,
+    fetch_file,
+    read_manifest,
+)
 from serving.layout import SAVED_MODEL, base_path_problem
 
 log = logging.getLogger(__name__)
-DOWNLOAD_WORKERS = 8
 BACKOFF_MAX_S = 300  # outage backoff stops growing at five minutes
 WAIT_LOG_EVERY_S = 60  # --wait-timeout: one "still waiting" line a minute
-
-
-class Rejected(Exception):
-    """A version that failed verification: discarded now, retried on a later sync."""
 
 
 @dataclass
@@ -229,7 +223,7 @@ class Puller:
             # The signature before any other file: a version not signed by our key costs
             # one small download, and the manifest must list exactly what was signed.
             sig = self._verify(signature_entry, files)
-            self._fetch(remote, sig, staging, None)
+            fetch_file(remote, sig, staging)
             self._verify(self.verify_key.check_signed_files, staging / SIGNATURE_FILE,
                          {f.path: f.sha256 for f in files})
             files = [f for f in files if f.path != SIGNATURE_FILE]
@@ -238,28 +232,8 @@ class Puller:
                    unit_divisor=1024, disable=self.quiet)
         progress = ByteProgress(bar)
         with bar:
-            run_parallel(lambda f: self._fetch(remote, f, staging, progress),
+            run_parallel(lambda f: fetch_file(remote, f, staging, progress),
                          sorted(files, key=lambda f: -f.size), DOWNLOAD_WORKERS)
-
-    @staticmethod
-    def _fetch(remote: Location, f: ManifestFile, staging: Path, progress) -> None:
-        target = (staging / f.path).resolve()
-        if not target.is_relative_to(staging.resolve()):
-            raise Rejected(f"{f.path} escapes the version folder")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            remote.download_file(f.path, target, progress)
-        except UserError as e:
-            if isinstance(e, StorageError):
-                raise
-            raise Rejected(f"{f.path}: {e}") from e  # deleted while we downloaded, say
-        except FileNotFoundError as e:
-            raise Rejected(f"{f.path} is missing") from e
-        size = target.stat().st_size
-        if size != f.size:
-            raise Rejected(f"{f.path} has {size} bytes, the manifest says {f.size}")
-        if sha256_file(target) != f.sha256:
-            raise Rejected(f"{f.path} does not match its sha256 in the manifest")
 
     def prune(self) -> list[int]:
         """Keep the newest `keep` installed versions; the newest is never removed."""
@@ -294,31 +268,6 @@ class Puller:
             delay = interval if not failures else min(interval * 2 ** (failures - 1),
                                                       max(interval, BACKOFF_MAX_S))
             stop.wait(delay)
-
-
-def read_manifest(source: Location, model_name: str, version: int) -> Manifest:
-    """Version `version`'s manifest under the model folder `source`, parsed strictly and
-    naming `model_name`; Rejected says what is wrong."""
-    data = source.child(str(version)).read_bytes(MANIFEST_FILE, limit=MAX_MANIFEST_BYTES)
-    try:
-        manifest = parse_manifest(data, expected_version=version)
-    except ManifestError as e:
-        raise Rejected(f"invalid manifest: {e}") from e
-    if manifest.model_name != model_name:
-        raise Rejected(f"manifest is for model {manifest.model_name!r}, expected "
-                       f"{model_name!r}")
-    return manifest
-
-
-def check_sizes(manifest: Manifest, stored: dict[str, FileEntry]) -> None:
-    """Sizes first: an object that is not the size the manifest says is refused before a
-    byte of it is downloaded."""
-    for f in manifest.files:
-        if f.path not in stored:
-            raise Rejected(f"{f.path} is missing")
-        if stored[f.path].size != f.size:
-            raise Rejected(f"{f.path} has {stored[f.path].size} bytes, the manifest says "
-                           f"{f.size}")
 
 
 def manifest_text(manifest: Manifest) -> str:

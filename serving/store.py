@@ -16,7 +16,7 @@ from contract.manifest import MANIFEST_FILE, Manifest
 from contract.names import LABELS_OBJECT, parse_version
 from contract.signing import MAX_SIGNATURE_BYTES, SignatureError, VerifyKey, signature_entry
 from contract.storage import Location, open_location
-from serving.puller import Rejected, check_sizes, read_manifest
+from contract.versions import Rejected, check_sizes, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class ModelFolder:
         for label, version in assignments.items():
             self.verified_manifest(version)
             log.info("label %s -> version %d of %s", label, version, self.model_name)
-        updated = Labels(self.model_name, {**current.labels, **assignments})
+        updated = current.moved(assignments)
         self.location.write_bytes(LABELS_OBJECT, updated.to_bytes())
         return updated
 
@@ -94,10 +94,26 @@ class ModelFolder:
         if missing:
             raise InputError(f"no label {', '.join(missing)} on {self.model_name} (labels: "
                              f"{', '.join(sorted(current.labels)) or 'none'})")
-        updated = Labels(self.model_name, {k: v for k, v in current.labels.items()
-                                           if k not in names})
+        updated = current.removed(names)
         self.location.write_bytes(LABELS_OBJECT, updated.to_bytes())
         return updated
+
+    def rollback(self, label: str) -> tuple[int, int]:
+        """Point `label` back at the version it named before; (from, to). The target must
+        still be published and verify."""
+        current = self.labels()
+        if label not in current.labels:
+            raise InputError(f"no label {label} on {self.model_name} (labels: "
+                             f"{', '.join(sorted(current.labels)) or 'none'})")
+        try:
+            updated = current.rolled_back(label)
+        except LabelsError as e:
+            raise InputError(f"{self.model_name}: {e}") from None
+        self.verified_manifest(updated.labels[label])
+        self.location.write_bytes(LABELS_OBJECT, updated.to_bytes())
+        log.info("label %s: version %d -> %d of %s (rollback)", label, current.labels[label],
+                 updated.labels[label], self.model_name)
+        return current.labels[label], updated.labels[label]
 
     # -- retention ------------------------------------------------------------------------
     def gc(self, keep: int, dry_run: bool) -> GcPlan:
@@ -105,7 +121,7 @@ class ModelFolder:
         first: from that moment no reader (puller, server) considers it."""
         if keep < 1:
             raise InputError(f"--keep must be at least 1, got {keep}")
-        labelled = set(self.labels().labels.values())  # a broken labels object stops gc
+        labelled = self.labels().pinned()  # a broken labels object stops gc
         versions = self.versions()
         plan = GcPlan(kept=versions[:keep], labelled=sorted(labelled & set(versions)),
                       deleted=[v for v in versions[keep:] if v not in labelled])
@@ -124,5 +140,5 @@ class ModelFolder:
 @dataclass
 class GcPlan:
     kept: list[int]  # the newest `keep`
-    labelled: list[int]  # kept because a label names them
+    labelled: list[int]  # kept because a label names them, now or as rollback's target
     deleted: list[int]

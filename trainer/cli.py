@@ -151,6 +151,60 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
                f"{time.perf_counter() - started:.1f} s)")
 
 
+@cli.command()
+@click.option("--model", required=True, envvar="MODEL_URI", metavar="URI[/VERSION]",
+              help="<models-uri>/<model-name>, optionally /<version>. Without a version: the "
+                   "version labelled stable, else the newest published one.")
+@click.option("--data", required=True, envvar="DATA_URI",
+              help="Labelled images to score: local folder or s3://, one sub-folder per "
+                   "class (class names as the model's).")
+@click.option("--baseline", default=None, metavar="VERSION|LABEL",
+              help="Also score this version (or the version with this label) on the same "
+                   "images and report the difference, with a bootstrap confidence interval "
+                   "on the accuracy difference.")
+@click.option("--report-dir", type=click.Path(file_okay=False), default="evaluation",
+              help="Where metrics.json, confusion_matrix.png, misclassified.png and "
+                   "misclassified.html go.")
+@click.option("--batch-size", type=int, default=defaults.DEFAULT_BATCH_SIZE,
+              help="Images per call of the model.")
+@click.option("--verify-key", type=click.Path(dir_okay=False), default=None,
+              envvar="VERIFY_KEY",
+              help="Score only versions signed with this public key (PEM).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--verbose", is_flag=True,
+              help="Also show TensorFlow's native start-up and log lines.")
+def evaluate(model, data, baseline, report_dir, batch_size, verify_key, quiet,
+             verbose) -> None:
+    """Score a published version on a labelled folder through its serving_default signature
+    (the graph TF Serving runs), optionally against a baseline version."""
+    from pathlib import Path
+
+    native_output(verbose)
+    _setup_logging(True)
+    try:
+        from contract.signing import VerifyKey
+        from trainer.evaluate import evaluate as run_evaluation
+
+        key = VerifyKey.load(verify_key) if verify_key else None
+        metrics = run_evaluation(model, data, baseline, Path(report_dir), batch_size, key,
+                                 quiet)
+    except UserError as e:
+        _fail(e)
+    for m in ([metrics["candidate"], metrics["baseline"]] if "candidate" in metrics
+              else [metrics]):
+        click.echo(f"version {m['version']} of {m['model']} ({m['chosen_by']}): accuracy "
+                   f"{m['accuracy']:.4f}, loss {m['loss']:.4f} on {m['images']} images"
+                   f" ({len(m['unclassified'])} not classified)")
+    if "difference" in metrics:
+        d = metrics["difference"]
+        low, high = d["accuracy_ci"]
+        click.echo(f"difference ({d['candidate']} - {d['baseline']}): accuracy "
+                   f"{d['accuracy']:+.4f} ({d['confidence']:.0%} CI {low:+.4f} to "
+                   f"{high:+.4f}), loss {d['loss']:+.4f}")
+    click.echo(f"report: {report_dir}/ (metrics.json, confusion_matrix.png, "
+               "misclassified.png, misclassified.html)")
+
+
 @cli.command("sample-data")
 @click.option("--output", required=True, envvar="DATA_URI",
               help="Where to write the images: local folder or s3://bucket/prefix.")
