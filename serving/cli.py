@@ -61,6 +61,13 @@ def _flag(name: str, *more: str, **kw):
 @_flag("model_config_file", type=click.Path(dir_okay=False), envvar="MODEL_CONFIG_FILE",
        help="TF Serving ModelServerConfig text proto (several models, version policy, "
             "labels).")
+@_flag("model_config_file_poll_wait_seconds", type=float, default=0.0,
+       envvar="MODEL_CONFIG_FILE_POLL_WAIT_SECONDS",
+       help="Re-read --model-config-file this often and apply it, labels included (0: "
+            "read once), as TF Serving.")
+@_flag("allow_version_labels_for_unavailable_models", boolean=True, default=False,
+       help="Let a new label name a version not loaded yet (a label in use still moves "
+            "only to a loaded version), as TF Serving.")
 @_flag("enable_batching", boolean=True, default=False, envvar="ENABLE_BATCHING",
        help="Merge concurrent requests into one model call.")
 @_flag("batching_parameters_file", type=click.Path(dir_okay=False),
@@ -119,7 +126,7 @@ def local(ctx, verbose, **kwargs) -> None:
                                "--model-config-file")
     if kwargs["batching_parameters_file"] and not kwargs["enable_batching"]:
         raise click.UsageError("--batching-parameters-file requires --enable-batching")
-    from serving.devserver.errors import PortUnavailable
+    from serving.devserver.errors import PortUnavailable, ServingError
 
     # A taken port is found now, in a second, not after TensorFlow and the models load.
     ports = [("gRPC", kwargs["port"])] + ([("REST", kwargs["rest_api_port"])]
@@ -151,6 +158,9 @@ def local(ctx, verbose, **kwargs) -> None:
         code = serve(ServerOptions(**kwargs))
     except (ConfigError, PortUnavailable) as e:
         _fail_line(str(e), EXIT_BAD_INPUT)
+    except ServingError as e:  # a label on a version not loaded, say
+        _fail_line(f"Failed to start server. Error: {e.code_name}: {e.message}",
+                   EXIT_BAD_INPUT)
     except RuntimeError as e:  # initial load failed: TF Serving's message (it exits 1)
         _fail_line(f"Failed to start server. Error: UNKNOWN: {e}", EXIT_BAD_INPUT)
     sys.exit(code)
@@ -198,9 +208,23 @@ def main() -> None:
               envvar="VERIFY_KEY",
               help="PEM EC public key: install only versions whose model.sig (OpenSSF model "
                    "signing) verifies with it; unsigned versions are refused.")
+@click.option("--model-config", type=click.Path(dir_okay=False), default=None,
+              envvar="MODEL_CONFIG_FILE",
+              help="Write the model server's models.config here (its --model_config_file, "
+                   "re-read every --model_config_file_poll_wait_seconds): with labels in the "
+                   "store (serving label/promote/rollback), the labelled versions and their "
+                   "version_labels; without, the newest version.")
+@click.option("--serve-newest", is_flag=True, envvar="SERVE_NEWEST",
+              help="With labels in the store: also install and serve the newest verified "
+                   "version (asked for by number or without a label).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def pull(source, dest, watch, interval, keep, wait_timeout, verify_key, quiet) -> None:
+def pull(source, dest, watch, interval, keep, wait_timeout, verify_key, model_config,
+         serve_newest, quiet) -> None:
     """Bring verified model versions from object storage to a local folder.
+
+    Without labels in the store: the newest --keep versions. With labels (_LABELS.json):
+    the labelled versions, each label's previous version (so a rollback is instant) and,
+    with --serve-newest, the newest one.
 
     Exit codes without --watch: 0 a verified version is present locally; 2 bad usage;
     3 the store cannot be reached, or holds no verified version (after --wait-timeout)."""
@@ -217,7 +241,8 @@ def pull(source, dest, watch, interval, keep, wait_timeout, verify_key, quiet) -
         raise click.UsageError("--wait-timeout must be >= 0 and --interval > 0")
     setup_logging()
     try:
-        puller = Puller(source, dest, keep=keep, quiet=quiet, verify_key=_verify_key(verify_key))
+        puller = Puller(source, dest, keep=keep, quiet=quiet, verify_key=_verify_key(verify_key),
+                        model_config=model_config, serve_newest=serve_newest)
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
@@ -360,6 +385,49 @@ def label_ls(source) -> None:
     from serving.store import ModelFolder
 
     _show_labels(ModelFolder(source).labels())
+
+
+@cli.command()
+@_source
+@click.option("--candidate", type=int, required=True, help="The version to promote.")
+@click.option("--data", required=True, envvar="EVAL_DATA_URI",
+              help="Labelled images both versions are scored on (local or s3://), held out "
+                   "of training: e.g. a test set.")
+@click.option("--label", "label_name", default="stable", show_default=True,
+              help="The label to move.")
+@click.option("--max-accuracy-drop", type=float, default=0.0,
+              help="Refuse (exit 4) when the candidate's accuracy is more than this below "
+                   "the labelled version's on --data. 0: it must be at least as good.")
+@click.option("--report-dir", type=click.Path(file_okay=False), default="promotion",
+              help="Where the evaluation's report goes (metrics.json, pictures).")
+@click.option("--verify-key", type=click.Path(dir_okay=False), envvar="VERIFY_KEY",
+              help="Also require both versions to be signed with this public key.")
+@_store_command
+def promote(source, candidate, data, label_name, max_accuracy_drop, report_dir,
+            verify_key) -> None:
+    """Move a label (stable) to a candidate version if it scores no worse on --data.
+
+    Both versions are scored by `trainer evaluate` (their serving_default signatures, so
+    it needs TensorFlow: the trainer image or the project's environment)."""
+    from contract.labels import check_label
+    from serving.store import ModelFolder
+
+    if max_accuracy_drop < 0 or max_accuracy_drop > 1:
+        raise click.BadParameter("must be between 0 and 1", param_hint="--max-accuracy-drop")
+    folder = ModelFolder(source, _verify_key(verify_key))
+    p = folder.promote(candidate, data, check_label(label_name), max_accuracy_drop,
+                       report_dir)
+    if not p.moved:
+        click.echo(f"{label_name} is already version {candidate} of {folder.model_name}")
+    elif p.before is None:
+        click.echo(f"promoted: {label_name} -> {candidate} ({folder.model_name}; accuracy "
+                   f"{p.figures['candidate']:.4f} on --data; no version had the label)")
+    else:
+        f = p.figures
+        click.echo(f"promoted: {label_name} {p.before} -> {p.after} ({folder.model_name}; "
+                   f"accuracy {f['candidate']:.4f} vs {f['baseline']:.4f}, difference "
+                   f"{f['difference']:+.4f}, 95% CI {f['ci'][0]:+.4f} to {f['ci'][1]:+.4f}, "
+                   f"{f['images']} images)")
 
 
 @cli.command()

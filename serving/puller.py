@@ -29,8 +29,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from contract.errors import EXIT_OK, EXIT_STORAGE, InputError, UserError
+from contract.labels import Labels, LabelsError, parse_labels
 from contract.manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest
-from contract.names import SIGNATURE_FILE, STAGING_PREFIX, parse_version
+from contract.names import LABELS_OBJECT, SIGNATURE_FILE, STAGING_PREFIX, parse_version
 from contract.signing import SignatureError, VerifyKey, signature_entry
 from contract.storage import (
     ByteProgress,
@@ -48,8 +49,13 @@ from contract.versions import (  # noqa: F401 (Rejected and read_manifest: servi
     read_manifest,
 )
 from serving.layout import SAVED_MODEL, base_path_problem
+from serving.server_config import Served, next_step, read_state, render, write_atomically
 
 log = logging.getLogger(__name__)
+_BROKEN = object()  # the store's labels object was refused
+# A version the server's config no longer names stays on disk this long, well beyond the
+# server's --model_config_file_poll_wait_seconds (10 s in k8s/ and compose).
+CONFIG_GRACE_S = 60.0
 BACKOFF_MAX_S = 300  # outage backoff stops growing at five minutes
 WAIT_LOG_EVERY_S = 60  # --wait-timeout: one "still waiting" line a minute
 
@@ -64,7 +70,8 @@ class SyncResult:
 
 class Puller:
     def __init__(self, source: str, dest: str | Path, keep: int = 2, quiet: bool = False,
-                 verify_key: VerifyKey | None = None):
+                 verify_key: VerifyKey | None = None, model_config: str | Path | None = None,
+                 serve_newest: bool = False):
         if keep < 1:
             raise UserError(f"--keep must be at least 1, got {keep}")
         self.source: Location = open_location(source)
@@ -76,6 +83,15 @@ class Puller:
         self.quiet = quiet
         self.verify_key = verify_key  # None: signatures are not required
         self._rejected: dict[int, tuple[str, str]] = {}  # version -> (store state, reason)
+        # With labels in the store: the models.config written for the server, and whether
+        # the newest version is served beside the labelled ones.
+        self.model_config = Path(model_config).expanduser().absolute() if model_config \
+            else None
+        self.serve_newest = serve_newest
+        self._refused_labels: str | None = None  # digest of a labels object refused
+        self._unservable: dict[str, int] = {}  # label -> version not installable (logged)
+        self.config_grace = CONFIG_GRACE_S
+        self._dropped: dict[int, float] = {}  # version -> when it left the server's config
 
     def _check_dest(self) -> None:
         """--dest is the model's own folder (TF Serving's base path), not a version folder
@@ -124,47 +140,154 @@ class Puller:
         return read_manifest(self.source, self.model_name, version)
 
     def sync_once(self) -> SyncResult:
-        """Bring the newest `keep` verified versions; remove older local ones."""
+        """Bring the versions to serve (the labelled ones when the store has labels, else
+        the newest `keep` verified ones); write the server's models.config; remove local
+        versions no longer needed."""
         self.dest.mkdir(parents=True, exist_ok=True)
         self.clean_staging()
         result = SyncResult()
         local = set(self.local_versions())
-        wanted: list[int] = []
-        for version in self.remote_versions():
-            if len(wanted) >= self.keep:
-                break
-            if version in local:
-                wanted.append(version)
-                continue
-            listing = self.source.child(str(version)).list_files()
-            stored = {e.path: e for e in listing}
-            if MANIFEST_FILE not in stored:
-                log.info("version %d has no manifest yet; ignored", version)
-                continue
-            # A rejected version is tried again only once something in it changed.
-            state = hashlib.sha256(repr(sorted(listing, key=lambda e: e.path)).encode()) \
-                .hexdigest()
-            seen = self._rejected.get(version)
-            if seen is not None and seen[0] == state:
-                result.rejected[version] = seen[1]
-                continue
-            try:
-                self.install(version, self.read_manifest(version), stored)
-            except (Rejected, OSError, ValueError) as e:
-                # Whatever one version holds, it costs that version only and never stops
-                # the puller (an init container that crashed would keep every pod out).
-                reason = str(e) if isinstance(e, Rejected) else f"{type(e).__name__}: {e}"
-                log.warning("rejected version %d of %s: %s (tried again when it changes in "
-                            "the store)", version, self.model_name, reason)
-                result.rejected[version] = reason
-                self._rejected[version] = (state, reason)
-                continue
-            self._rejected.pop(version, None)
-            result.installed.append(version)
-            wanted.append(version)
-        result.removed = self.prune()
+        remote = self.remote_versions()
+        labels = self._store_labels()
+        if labels is _BROKEN:  # refused, logged: the server keeps what it was given
+            result.local = self.local_versions()
+            return result
+        if labels is not None:
+            targets = set(labels.pinned())
+            if self.serve_newest:
+                for version in remote:  # the newest that verifies
+                    if version in local or self._try_install(version, result):
+                        targets.add(version)
+                        break
+            ready = {v for v in sorted(targets, reverse=True)
+                     if v in local or self._try_install(v, result)}
+            written = self._written()
+            for label, version in labels.labels.items():
+                # A label whose new version cannot be installed keeps the one it had.
+                old = written.labels.get(label) if written else None
+                if version not in ready and old is not None and old not in ready and (
+                        old in local or self._try_install(old, result)):
+                    ready.add(old)
+            desired = self._labelled(labels, ready)
+            step = self._write_config(desired)
+            needed = set(desired.versions) | set(step.versions if step and step.versions
+                                                 else ())
+            result.removed = self.prune(keep=self._with_grace(needed))
+        else:
+            wanted: list[int] = []
+            for version in remote:
+                if len(wanted) >= self.keep:
+                    break
+                if version in local or self._try_install(version, result):
+                    wanted.append(version)
+            self._write_config(Served(None, {}))
+            result.removed = self.prune()
         result.local = self.local_versions()
         return result
+
+    def _try_install(self, version: int, result: SyncResult) -> bool:
+        """Install one version if it is published and verifies; False (logged, remembered
+        with the store's state of it) if not."""
+        listing = self.source.child(str(version)).list_files()
+        stored = {e.path: e for e in listing}
+        if MANIFEST_FILE not in stored:
+            log.info("version %d has no manifest yet; ignored", version)
+            return False
+        # A rejected version is tried again only once something in it changed.
+        state = hashlib.sha256(repr(sorted(listing, key=lambda e: e.path)).encode()) \
+            .hexdigest()
+        seen = self._rejected.get(version)
+        if seen is not None and seen[0] == state:
+            result.rejected[version] = seen[1]
+            return False
+        try:
+            self.install(version, self.read_manifest(version), stored)
+        except (Rejected, OSError, ValueError) as e:
+            # Whatever one version holds, it costs that version only and never stops
+            # the puller (an init container that crashed would keep every pod out).
+            reason = str(e) if isinstance(e, Rejected) else f"{type(e).__name__}: {e}"
+            log.warning("rejected version %d of %s: %s (tried again when it changes in "
+                        "the store)", version, self.model_name, reason)
+            result.rejected[version] = reason
+            self._rejected[version] = (state, reason)
+            return False
+        self._rejected.pop(version, None)
+        result.installed.append(version)
+        return True
+
+    # -- labels and the server's models.config --------------------------------------------
+    def _store_labels(self):
+        """The store's labels (None when it has none), or _BROKEN when the labels object
+        is refused: logged once per content, and nothing changes for the server."""
+        try:
+            data = self.source.read_bytes(LABELS_OBJECT, limit=1 << 20)
+        except FileNotFoundError:
+            return None
+        try:
+            labels = parse_labels(data, self.model_name)
+        except LabelsError as e:
+            digest = hashlib.sha256(data).hexdigest()
+            if self._refused_labels != digest:
+                log.warning("labels refused: %s; the server keeps the versions and labels "
+                            "it has", e)
+                self._refused_labels = digest
+            return _BROKEN
+        self._refused_labels = None
+        return labels if labels.labels else None
+
+    def _labelled(self, labels: Labels, ready: set[int]) -> Served:
+        """Labels whose version is installed; a label whose version cannot be installed
+        keeps the version it had (if that one is still here)."""
+        previous = self._written()
+        mapping: dict[str, int] = {}
+        for label, version in labels.labels.items():
+            if version in ready:
+                mapping[label] = version
+                continue
+            kept = previous.labels.get(label) if previous else None
+            note = f"; keeps version {kept}" if kept in ready else ""
+            if kept in ready:
+                mapping[label] = kept
+            if self._unservable.get(label) != version:
+                log.warning("label %s names version %d of %s, which is not installed%s",
+                            label, version, self.model_name, note)
+                self._unservable[label] = version
+        for label in [k for k, v in self._unservable.items() if mapping.get(k) == v]:
+            del self._unservable[label]
+        return Served(tuple(sorted(ready)), mapping)
+
+    def _with_grace(self, needed: set[int]) -> set[int]:
+        """`needed`, and the versions that left the server's config less than
+        `config_grace` seconds ago: a version deleted before the server re-read its config
+        would be unloaded while a label still named it (NOT_FOUND for that label)."""
+        now = time.monotonic()
+        for version in self.local_versions():
+            if version in needed:
+                self._dropped.pop(version, None)
+            else:
+                self._dropped.setdefault(version, now)
+        return needed | {v for v, since in self._dropped.items()
+                         if now - since < self.config_grace}
+
+    def _written(self) -> Served | None:
+        return read_state(self.model_config) if self.model_config else None
+
+    def _write_config(self, desired: Served) -> Served | None:
+        """Write the next safe step towards `desired` (server_config.next_step)."""
+        if self.model_config is None:
+            return None
+        written = self._written()
+        step = next_step(written, desired)
+        if step != written:
+            write_atomically(self.model_config, render(self.model_name, str(self.dest), step))
+            shown = "newest version" if step.versions is None else \
+                f"versions {list(step.versions)}"
+            labels = ", ".join(f"{k}={v}" for k, v in sorted(step.labels.items()))
+            log.info("model server config: %s%s%s", shown, f", labels {labels}" if labels
+                     else "", "" if step == desired else
+                     " (a label moves on the next sync, once the server has loaded its "
+                     "version)")
+        return step
 
     def install(self, version: int, manifest: Manifest, stored: dict[str, FileEntry]) -> None:
         """Download, verify, and atomically rename into place."""
@@ -235,10 +358,14 @@ class Puller:
             run_parallel(lambda f: fetch_file(remote, f, staging, progress),
                          sorted(files, key=lambda f: -f.size), DOWNLOAD_WORKERS)
 
-    def prune(self) -> list[int]:
-        """Keep the newest `keep` installed versions; the newest is never removed."""
+    def prune(self, keep: set[int] | None = None) -> list[int]:
+        """Keep the newest `keep` installed versions (the newest is never removed), or with
+        labels exactly the versions in `keep`."""
         removed = []
-        for version in self.local_versions()[:-self.keep]:
+        local = self.local_versions()
+        doomed_versions = local[:-self.keep] if keep is None else \
+            [v for v in local if v not in keep]
+        for version in doomed_versions:
             # Rename first so a polling server sees the version vanish at once, not shrink.
             doomed = self.dest / f"{STAGING_PREFIX}removed-{version}"
             with contextlib.suppress(OSError):

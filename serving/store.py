@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from contract.errors import InputError
+from contract.errors import EnvironmentFailure, GateNotMet, InputError, UserError
 from contract.labels import Labels, LabelsError, parse_labels
 from contract.manifest import MANIFEST_FILE, Manifest
 from contract.names import LABELS_OBJECT, parse_version
@@ -115,6 +115,74 @@ class ModelFolder:
                  updated.labels[label], self.model_name)
         return current.labels[label], updated.labels[label]
 
+    # -- promotion ------------------------------------------------------------------------
+    def promote(self, candidate: int, data: str, label: str, max_drop: float,
+                report_dir: str) -> Promotion:
+        """Evaluate `candidate` against the version `label` names, on `data`, and move the
+        label only if the candidate's accuracy is at most `max_drop` below it (GateNotMet,
+        exit 4, otherwise). The evaluation is `trainer evaluate` (the exported graph through
+        serving_default, TensorFlow), run as its own process: serving never imports trainer."""
+        self.verified_manifest(candidate)
+        before = self.labels()
+        current = before.labels.get(label)
+        if current == candidate:
+            return Promotion(label, current, candidate, None, moved=False)
+        metrics = self._evaluate(candidate, current, data, report_dir)
+        if current is None:
+            accuracy = metrics["accuracy"]
+            promotion = Promotion(label, None, candidate, {"candidate": accuracy})
+        else:
+            diff = metrics["difference"]
+            promotion = Promotion(label, current, candidate, {
+                "candidate": metrics["candidate"]["accuracy"],
+                "baseline": metrics["baseline"]["accuracy"], "difference": diff["accuracy"],
+                "ci": diff["accuracy_ci"], "images": diff["images"]})
+            if diff["accuracy"] < -max_drop:
+                raise GateNotMet(
+                    f"not promoted: version {candidate} scores accuracy "
+                    f"{promotion.figures['candidate']:.4f} on {data}, "
+                    f"{-diff['accuracy']:.4f} below {label} version {current} "
+                    f"({promotion.figures['baseline']:.4f}), more than --max-accuracy-drop "
+                    f"{max_drop}; {label} stays at {current}")
+        if self.labels() != before:
+            raise InputError(f"the labels of {self.model_name} changed during the evaluation; "
+                             "nothing moved (run promote again)")
+        self.set_labels({label: candidate})
+        return promotion
+
+    def _evaluate(self, candidate: int, baseline: int | None, data: str,
+                  report_dir: str) -> dict:
+        import importlib.util
+        import json
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        if importlib.util.find_spec("trainer") is None:
+            raise EnvironmentFailure("promote evaluates with `trainer evaluate`, which this "
+                                     "environment lacks: run it from the trainer image or "
+                                     "the project's environment")
+        command = [sys.executable, "-m", "trainer", "evaluate", "--model",
+                   f"{self.location.uri}/{candidate}", "--data", data, "--report-dir",
+                   report_dir, "--quiet"]
+        if baseline is not None:
+            command += ["--baseline", str(baseline)]
+        if self.verify_key is not None:
+            command += ["--verify-key", str(self.verify_key.path)]
+        log.info("evaluating version %d against %s on %s", candidate,
+                 f"version {baseline}" if baseline else "nothing (no version labelled yet)",
+                 data)
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            reason = lines[-1].removeprefix("error: ") if lines else "no message"
+            error = UserError(f"evaluation failed, nothing moved: {reason}")
+            error.exit_code = done.returncode if done.returncode in (2, 3) else 1
+            raise error
+        for line in done.stdout.splitlines():
+            log.info("evaluate: %s", line)
+        return json.loads((Path(report_dir) / "metrics.json").read_text())
+
     # -- retention ------------------------------------------------------------------------
     def gc(self, keep: int, dry_run: bool) -> GcPlan:
         """Delete versions beyond the newest `keep` that no label names. Each goes manifest
@@ -135,6 +203,15 @@ class ModelFolder:
             log.info("deleted version %d of %s (%d files)", version, self.model_name,
                      len(rest) + 1)
         return plan
+
+
+@dataclass
+class Promotion:
+    label: str
+    before: int | None
+    after: int
+    figures: dict | None  # accuracies (and their difference) on the evaluation data
+    moved: bool = True
 
 
 @dataclass

@@ -62,8 +62,9 @@ def resolve(model_uri: str, which: str | None = None) -> ModelRef:
     """`--model URI[/VERSION]`, optionally overridden by `which` (a version or a label)."""
     uri = model_uri.rstrip("/")
     head, _, last = uri.rpartition("/")
-    if which is None and parse_version(last) is not None:
-        which, uri = last, head
+    if parse_version(last) is not None:
+        uri = head
+        which = last if which is None else which
     folder = open_location(uri)
     name = folder.uri.rstrip("/").rsplit("/", 1)[-1]
     if which is not None and parse_version(which) is not None:

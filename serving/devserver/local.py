@@ -43,6 +43,8 @@ class ServerOptions:
     batching_parameters_file: str | None = None
     monitoring_config_file: str | None = None
     file_system_poll_wait_seconds: float = defaults.POLL_SECONDS
+    model_config_file_poll_wait_seconds: float = 0.0
+    allow_version_labels_for_unavailable_models: bool = False
     rest_api_timeout_in_ms: int = defaults.REST_API_TIMEOUT_MS
     max_num_load_retries: int = defaults.MAX_NUM_LOAD_RETRIES
     load_retry_interval_micros: int = defaults.LOAD_RETRY_INTERVAL_MICROS
@@ -77,7 +79,11 @@ def serve(options: ServerOptions) -> int:
     manager = ModelManager(configs, options.file_system_poll_wait_seconds,
                            warmup=lambda s: replay_warmup(s, warmup_inference),
                            max_load_retries=options.max_num_load_retries,
-                           load_retry_interval=options.load_retry_interval_micros / 1e6)
+                           load_retry_interval=options.load_retry_interval_micros / 1e6,
+                           allow_unavailable_labels=(
+                               options.allow_version_labels_for_unavailable_models),
+                           config_file=options.model_config_file,
+                           config_poll_seconds=options.model_config_file_poll_wait_seconds)
     started = time.perf_counter()
     manager.start()
     log.info("initial load of %d model(s) finished in %.1f s", len(configs),

@@ -22,7 +22,12 @@ from pathlib import Path
 
 import grpc
 
-from serving.devserver.errors import ServingError, invalid_argument, not_found
+from serving.devserver.errors import (
+    ServingError,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+)
 from serving.devserver.inference import ModelRef
 from serving.devserver.servable import Servable, load_servable
 from serving.layout import base_path_problem
@@ -91,8 +96,18 @@ class ModelManager:
 
     def __init__(self, configs: list, poll_seconds: float,
                  warmup: Callable[[Servable], int] | None = None,
-                 max_load_retries: int = 5, load_retry_interval: float = 60.0):
+                 max_load_retries: int = 5, load_retry_interval: float = 60.0,
+                 allow_unavailable_labels: bool = False,
+                 config_file: str | None = None, config_poll_seconds: float = 0.0):
         self.models = {c.name: ManagedModel(c) for c in configs}
+        for model in self.models.values():
+            model.labels = {}  # assigned by reload(), under TF Serving's rule
+        self.allow_unavailable_labels = allow_unavailable_labels
+        # --model_config_file_poll_wait_seconds: the file is re-read and applied like
+        # Server::PollFilesystemAndReloadConfig (model_servers/server.cc).
+        self.config_file = config_file
+        self.config_poll_seconds = config_poll_seconds
+        self._initial_configs = configs
         self.poll_seconds = poll_seconds
         self.warmup = warmup
         # As TF Serving's --max_num_load_retries / --load_retry_interval_micros: a version
@@ -102,7 +117,59 @@ class ModelManager:
         self.load_retry_interval = max(0.0, load_retry_interval)
         self._lock = threading.RLock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+
+    # -- configuration ----------------------------------------------------------------------
+    def reload(self, configs: list) -> None:
+        """Apply a new model list, as ServerCore::ReloadConfig: the labels first (all or
+        nothing: FAILED_PRECONDITION leaves everything as it was), then the models and
+        their version policies; new versions load on the next poll."""
+        with self._lock:
+            labels = {c.name: self._check_labels(c) for c in configs}
+            wanted = {c.name for c in configs}
+            for name in [n for n in self.models if n not in wanted]:
+                model = self.models.pop(name)
+                for record in model.records.values():
+                    record.servable, record.state = None, State.END
+                log.info("model %s removed from the configuration; unloaded", name)
+            for config in configs:
+                model = self.models.get(config.name)
+                if model is None:
+                    model = self.models[config.name] = ManagedModel(config)
+                model.config = config
+                model.base_path = Path(config.base_path)
+                if model.labels != labels[config.name]:
+                    log.info("version labels of %s: %s", config.name, ", ".join(
+                        f"{k}={v}" for k, v in sorted(labels[config.name].items())) or "none")
+                model.labels = labels[config.name]
+
+    def _check_labels(self, config) -> dict[str, int]:
+        """ServerCore::UpdateModelVersionLabelMap (model_servers/server_core.cc): a label
+        may name only an AVAILABLE version; with --allow_version_labels_for_unavailable_models
+        a new label (or one keeping its version) may name any version."""
+        model = self.models.get(config.name)
+        current = model.labels if model else {}
+        available = set(model.available()) if model else set()
+        for label, version in config.version_labels.items():
+            allow_any = self.allow_unavailable_labels and current.get(label, version) == version
+            if not allow_any and version not in available:
+                raise failed_precondition(
+                    f"Request to assign label to version {version} of model {config.name}, "
+                    "which is not currently available for inference")
+        return dict(config.version_labels)
+
+    def _reload_from_file(self) -> None:
+        from serving.devserver.config import ConfigError, load_models
+
+        try:
+            configs = load_models(self.config_file)
+        except ConfigError as e:
+            log.error("Failed to read ModelServerConfig file: %s", e)
+            return
+        try:
+            self.reload(configs)
+        except ServingError as e:
+            log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", e.message)
 
     # -- discovery and loading ------------------------------------------------------------
     def poll_once(self) -> None:
@@ -193,6 +260,7 @@ class ModelManager:
         """Initial load of every model, then background polling. Like TF Serving, returns
         only once each model's first aspired version is AVAILABLE or has failed."""
         deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
+        self.reload(self._initial_configs)  # labels first, as TF Serving: may refuse
         last_note = 0.0
         while True:
             self.poll_once()
@@ -217,21 +285,27 @@ class ModelManager:
                                for n, r in failed.items())
             raise RuntimeError(f"{len(failed)} servable(s) did not become available: {detail}")
         if self.poll_seconds > 0:
-            self._thread = threading.Thread(target=self._poll_loop, name="model-poller",
-                                            daemon=True)
-            self._thread.start()
+            self._threads.append(threading.Thread(
+                target=self._poll_loop, args=(self.poll_seconds, self.poll_once),
+                name="model-poller", daemon=True))
+        if self.config_file and self.config_poll_seconds > 0:
+            self._threads.append(threading.Thread(
+                target=self._poll_loop, args=(self.config_poll_seconds, self._reload_from_file),
+                name="config-poller", daemon=True))
+        for thread in self._threads:
+            thread.start()
 
-    def _poll_loop(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
+    def _poll_loop(self, seconds: float, work: Callable[[], None]) -> None:
+        while not self._stop.wait(seconds):
             try:
-                self.poll_once()
+                work()
             except Exception:  # keep polling whatever one round hit
-                log.exception("model polling failed")
+                log.exception("polling failed")
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)
 
     # -- what requests see ----------------------------------------------------------------
     def lookup(self, ref: ModelRef) -> Servable:
