@@ -68,7 +68,10 @@ def server(tiny_model, two_versions, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("server")
     config = project_models_config(tmp / "models.config", tiny_model.name, two_versions,
                                    [1, 2], {"stable": 1, "canary": 2})
+    # Labels on versions that load only after startup: TF Serving needs this flag for it
+    # (server_core.cc, UpdateModelVersionLabelMap), and so does `serving local`.
     srv = LocalServer(["--model-config-file", str(config),
+                       "--allow_version_labels_for_unavailable_models=true",
                        "--monitoring-config-file", str(CONFIG_DIR / "monitoring.config"),
                        "--max-request-bytes", "8000000"], tmp / "server.log")
     srv.start(wait_for_model=tiny_model.name)

@@ -266,6 +266,23 @@ def test_startup_fails_when_the_only_version_cannot_load(tmp_path):
                      r"become available: \{name: m version: 1\} due to error", proc.stderr)
 
 
+def test_labels_on_versions_not_loaded_need_tf_servings_flag(tiny_model, tmp_path):
+    """server_core.cc (UpdateModelVersionLabelMap) refuses, at startup, a label on a version
+    that is not loaded yet unless --allow_version_labels_for_unavailable_models is given."""
+    from tests.integration.conftest import project_models_config
+
+    config = project_models_config(tmp_path / "models.config", tiny_model.name,
+                                   tiny_model.base_path, [1], {"stable": 1})
+    proc = subprocess.run([sys.executable, "-m", "serving", "local", "--model-config-file",
+                           str(config), "--port", "0", "--rest-api-port", "0"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 2
+    [line] = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert line == ("error: Failed to start server. Error: FAILED_PRECONDITION: Request to "
+                    "assign label to version 1 of model tiny, which is not currently "
+                    "available for inference")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model-name", "m"], "give --model-name and --model-base-path, or --model-config-file"),
     (["--model-name", "m", "--model-base-path", "/x", "--batching-parameters-file",

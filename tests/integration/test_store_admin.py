@@ -44,11 +44,38 @@ def test_labels_are_set_listed_and_removed_in_one_object(models):
     stored = json.loads(open_location(source).read_bytes(LABELS_OBJECT))
     assert stored == {"format": 1, "model_name": "m", "labels": {"canary": 5, "stable": 3}}
     proc = serving("label", "set", "--source", source, "stable=4")  # moves one, keeps others
-    assert proc.stdout.split() == ["canary=5", "stable=4"]
-    assert serving("label", "ls", "--source", source).stdout.split() == ["canary=5",
-                                                                          "stable=4"]
+    assert proc.stdout.splitlines() == ["canary=5", "stable=4  (before: 3)"]
+    assert serving("label", "ls", "--source", source).stdout.splitlines() == [
+        "canary=5", "stable=4  (before: 3)"]
     proc = serving("label", "rm", "--source", source, "canary")
-    assert proc.returncode == 0 and proc.stdout.split() == ["stable=4"]
+    assert proc.returncode == 0 and proc.stdout.splitlines() == ["stable=4  (before: 3)"]
+
+
+def test_rollback_returns_stable_to_its_previous_version_once(models):
+    source = f"{models}/m"
+    for version in (2, 4):
+        assert serving("label", "set", "--source", source, f"stable={version}").returncode == 0
+    proc = serving("rollback", "--source", source)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "rolled back: stable 4 -> 2 (m)"
+    assert ModelFolder(source).labels().labels == {"stable": 2}
+    proc = serving("rollback", "--source", source)  # 2 was the first: nothing before it
+    assert proc.returncode == 2
+    assert "label 'stable' has no previous version to roll back to" in one_error(proc)
+    assert ModelFolder(source).labels().labels == {"stable": 2}
+    proc = serving("rollback", "--source", source, "--label", "canary")
+    assert proc.returncode == 2 and "no label canary on m" in one_error(proc)
+
+
+def test_rollback_refuses_a_previous_version_that_no_longer_verifies(models):
+    source = f"{models}/m"
+    for version in (2, 4):
+        assert serving("label", "set", "--source", source, f"stable={version}").returncode == 0
+    open_location(f"{source}/2").delete([MANIFEST_FILE])
+    proc = serving("rollback", "--source", source)
+    assert proc.returncode == 2
+    assert "version 2 of m is not published" in one_error(proc)
+    assert ModelFolder(source).labels().labels == {"stable": 4}
 
 
 @pytest.mark.parametrize("args, code, message", [
@@ -101,6 +128,15 @@ def test_hostile_label_objects_are_refused_and_gc_deletes_nothing(models, case):
         assert proc.returncode == 2, (case, proc.stderr)
         assert f"{LABELS_OBJECT}" in one_error(proc)
     assert ModelFolder(f"{models}/m").versions() == [5, 4, 3, 2, 1]
+
+
+def test_gc_keeps_what_rollback_needs(models):
+    source = f"{models}/m"
+    for version in (1, 2):  # stable=2, and 1 is what a rollback returns to
+        assert serving("label", "set", "--source", source, f"stable={version}").returncode == 0
+    proc = serving("gc", "--source", source, "--keep", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "kept [5] (newest 1), [1, 2] (labelled); deleted [4, 3]" in proc.stdout
 
 
 def test_gc_keeps_the_newest_and_the_labelled_and_deletes_manifest_first(models, monkeypatch):

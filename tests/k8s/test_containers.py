@@ -378,10 +378,30 @@ def test_volumes_and_names_agree_with_the_serving_config(compose):
         tfserving["volumes"]
     assert model.base_path.startswith("/models/")
     assert text_format.MessageToString(model)  # a real ModelConfig
+    # TF Serving (the image's entrypoint) reads the models.config the puller writes.
+    assert _env(puller)["MODEL_CONFIG_FILE"] == "/models/models.config"
+    assert_puller_writes_the_static_config(model, _env(puller)["MODEL_CONFIG_FILE"],
+                                           "--model_config_file=/models/models.config")
     buckets = next(a for a in services["s3"]["command"] if a.startswith("-bucket="))
     for uri in (_env(trainer)["DATA_URI"], _env(trainer)["MODELS_URI"],
                 _env(trainer)["FEATURE_CACHE"]):
         assert uri.removeprefix("s3://").split("/")[0] in buckets.split("=")[1].split(",")
+
+
+def assert_puller_writes_the_static_config(model, config_file: str, flag: str) -> None:
+    """Without labels the puller's models.config is serving/config/models.config; and the
+    serving image reads it from where the puller writes it, re-reading it for labels."""
+    from serving.server_config import Served, render
+
+    written = text_format.Parse(render(model.name, model.base_path, Served(None)),
+                                serving_config.ModelServerConfig())
+    assert list(written.model_config_list.config) == [model]
+    steps = instructions("serving/Dockerfile")
+    [entrypoint] = [rest for word, rest in steps if word == "ENTRYPOINT"]
+    args = yaml.safe_load(entrypoint)
+    assert flag == f"--model_config_file={config_file}" and flag in args
+    assert "--model_config_file_poll_wait_seconds=10" in args
+    assert "--allow_version_labels_for_unavailable_models=true" in args
 
 
 def _compose_cli() -> list[str] | None:

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from serving.cli import cli as serving_cli
+from serving.devserver import config as serving_config
 from serving.devserver.flags import TF_SERVING_FLAGS
 from trainer.cli import cli as trainer_cli
 
@@ -283,16 +284,24 @@ def test_container_args_are_flags_the_programs_accept(docs):
 
 def test_tfserving_reads_the_projects_own_config_files(docs):
     config = one(docs, "ConfigMap", "tfserving-config")
-    for name in ("models.config", "batching.config", "monitoring.config"):
+    assert set(config["data"]) == {"batching.config", "monitoring.config"}
+    for name in config["data"]:
         assert config["data"][name] == (REPO / "serving" / "config" / name).read_text()
     deployment = one(docs, "Deployment", "serving")
     [tfserving] = deployment["spec"]["template"]["spec"]["containers"]
-    assert "--model_config_file=/etc/tfserving/models.config" in tfserving["args"]
     models_mount = next(m for m in tfserving["volumeMounts"] if m["name"] == "models")
+    # models.config is the puller's (labels from the store), on the volume both mount; TF
+    # Serving re-reads it and may take new labels on versions still loading.
+    for init in deployment["spec"]["template"]["spec"]["initContainers"]:
+        assert _env(docs, init)["MODEL_CONFIG_FILE"] == "/models/models.config"
+    assert "--model_config_file=/models/models.config" in tfserving["args"]
+    assert "--model_config_file_poll_wait_seconds=10" in tfserving["args"]
+    assert "--allow_version_labels_for_unavailable_models=true" in tfserving["args"]
+    assert "/models/models.config".startswith(models_mount["mountPath"] + "/")
     puller_env = _env(docs, deployment["spec"]["template"]["spec"]["initContainers"][0])
-    # models.config's base path is where the puller writes, inside TF Serving's mount.
-    assert "base_path: \"/models/classifier\"" in config["data"]["models.config"]
-    assert puller_env["MODEL_DEST"] == "/models/classifier"
+    # Its base path (the puller's --dest) is inside TF Serving's mount.
+    [model] = serving_config.load_models(REPO / "serving" / "config" / "models.config")
+    assert model.base_path == puller_env["MODEL_DEST"] == "/models/classifier"
     assert puller_env["MODEL_DEST"].startswith(models_mount["mountPath"])
     assert puller_env["MODEL_SOURCE"].endswith("/classifier")
     assert one(docs, "ConfigMap", "storage")["data"]["MODEL_NAME"] == "classifier"
