@@ -389,7 +389,8 @@ def label_ls(source) -> None:
 
 @cli.command()
 @_source
-@click.option("--candidate", type=int, required=True, help="The version to promote.")
+@click.option("--candidate", type=int, required=True, envvar="CANDIDATE_VERSION",
+              help="The version to promote.")
 @click.option("--data", required=True, envvar="EVAL_DATA_URI",
               help="Labelled images both versions are scored on (local or s3://), held out "
                    "of training: e.g. a test set.")

@@ -212,6 +212,39 @@ def test_serving_image_uses_the_project_config_and_known_flags():
         assert f"/etc/tfserving/{Path(path).name}" in flags.values()
 
 
+def test_the_trainer_image_can_run_promote_and_rollback():
+    """`serving promote` runs `trainer evaluate`, so it runs in the trainer image: its
+    command line and the store code import with only the trainer lock's packages."""
+    from importlib.metadata import packages_distributions
+
+    copies = [rest.split()[0] for word, rest in instructions("trainer/Dockerfile")
+              if word == "COPY"]
+    assert {"contract/", "trainer/", "serving/"} <= set(copies)
+    locked = set(lock("trainer.lock"))
+    allowed = {module for module, dists in packages_distributions().items()
+               if any(normalize(d) in locked for d in dists)}
+    allowed |= set(sys.stdlib_module_names) | {"contract", "serving", "trainer",
+                                               "_distutils_hack"}
+    code = f"""
+import sys
+allowed = {sorted(allowed)!r}
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        top = name.split(".")[0]
+        if top not in allowed and not top.startswith("_sysconfigdata"):
+            raise ModuleNotFoundError(f"the trainer image has no {{name}}")
+sys.meta_path.insert(0, Block())
+import serving.store
+from serving.cli import cli
+for command in ("promote", "rollback", "label", "gc"):
+    cli([command, "--help"], standalone_mode=False)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--max-accuracy-drop" in proc.stdout
+
+
 def arg_arg(steps, name: str) -> str:
     return next(rest.split("=", 1)[1] for word, rest in steps
                 if word == "ARG" and rest.startswith(f"{name}="))

@@ -222,6 +222,22 @@ def _env(docs, container: dict) -> dict[str, str]:
     return env
 
 
+def _cli_of(container: dict) -> click.Group | None:
+    """The command line a container runs: the puller image's, or the trainer image's (which
+    also runs `python -m serving promote|rollback`)."""
+    if container.get("command") == ["python", "-m", "serving"] or "puller" in \
+            container["image"]:
+        return serving_cli
+    return trainer_cli if "trainer" in container["image"] else None
+
+
+def _stand_in(name: str, value: str) -> str:
+    """A secret's or ConfigMap key's value as the test's environment gets it."""
+    if not value.startswith("<"):
+        return value
+    return "1764349200" if name == "CANDIDATE_VERSION" else "x"
+
+
 def _required_envvars(command: click.Command) -> set[str]:
     return {p.envvar for p in command.params
             if isinstance(p, click.Option) and p.required and p.envvar}
@@ -235,12 +251,10 @@ def test_every_env_var_the_code_reads_is_provided(docs):
                 continue
             env = _env(docs, c)
             args = c.get("args", [])
-            if "trainer" in c["image"]:
-                command = trainer_cli.commands[args[0]]
-            else:
-                command = serving_cli.commands[args[0]] if "puller" in c["image"] else None
-            if command is None:
+            group = _cli_of(c)
+            if group is None:
                 continue
+            command = group.commands[args[0]]
             given = {a.split("=")[0] for a in args if a.startswith("--")}
             for param in command.params:
                 if isinstance(param, click.Option) and param.required and not \
@@ -268,14 +282,13 @@ def test_container_args_are_flags_the_programs_accept(docs):
                     assert flag in TF_SERVING_FLAGS and value, arg
                     for ref in re.findall(r"\$\((\w+)\)", value):
                         assert ref in defined, arg  # Kubernetes expands only defined vars
-            elif "trainer" in c["image"] or "puller" in c["image"]:
-                group = trainer_cli if "trainer" in c["image"] else serving_cli
-                command = group.commands[args[0]]
+            elif _cli_of(c) is not None:
+                command = _cli_of(c).commands[args[0]]
                 with pytest.MonkeyPatch.context() as mp:
                     # The values the container really gets (secrets stand in as text), so a
                     # value click cannot parse (REQUIRE_GPU=maybe) fails here too.
                     for k, v in _env(docs, c).items():
-                        mp.setenv(k, "x" if v.startswith("<") else v)
+                        mp.setenv(k, _stand_in(k, v))
                     command.make_context(args[0], args[1:])  # raises on an unknown flag
             elif "seaweedfs" in c["image"]:
                 # stderr, not log files filling its small /tmp; a global flag, so first.
@@ -354,6 +367,31 @@ def test_training_is_a_template_that_applying_never_runs(docs):
                                                  "values": [2, 4]}} in rules
     assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget",
                                                      "status": "True"}]} in rules
+
+
+def test_promote_and_rollback_are_templates_with_the_trainers_access(docs):
+    """Like training: suspended CronJobs (applying never moves a label), the trainer image
+    and credentials (they write the labels object), exit 2 and 4 final."""
+    for name, command in (("promote", "promote"), ("rollback", "rollback")):
+        cronjob = one(docs, "CronJob", name)
+        assert cronjob["spec"]["suspend"] is True
+        job = cronjob["spec"]["jobTemplate"]["spec"]
+        [rule] = [r for r in job["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+        assert rule["onExitCodes"]["values"] == [2, 4]
+        pod = job["template"]["spec"]
+        [c] = pod["containers"]
+        assert pod["serviceAccountName"] == "trainer"
+        assert c["command"] == ["python", "-m", "serving"] and c["args"][0] == command
+        assert "trainer" in c["image"]
+        env = _env(docs, c)
+        assert env["MODEL_SOURCE"].endswith("/" + env["MODEL_NAME"])
+        secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in c["env"]
+                   if "secretKeyRef" in e.get("valueFrom", {})}
+        assert secrets == {"s3-credentials"}
+        # Its report goes where the read-only root filesystem lets it write.
+        if command == "promote":
+            assert c["args"][c["args"].index("--report-dir") + 1].startswith("/tmp/")
+            assert {"CANDIDATE_VERSION", "EVAL_DATA_URI"} <= set(env)
 
 
 def test_production_publishes_only_good_enough_models(docs):
