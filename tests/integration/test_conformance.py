@@ -65,12 +65,14 @@ def test_the_dockerfiles_exact_arguments_and_the_images_environment(tiny_model, 
     config.mkdir()
     for name in ("batching.config", "monitoring.config"):
         (config / name).write_text((CONFIG_DIR / name).read_text())
-    (config / "models.config").write_text((CONFIG_DIR / "models.config").read_text().replace(
+    # /models/models.config is the puller's; without labels it writes serving/config's
+    # (tests/k8s/test_containers.py holds it to that).
+    (models / "models.config").write_text((CONFIG_DIR / "models.config").read_text().replace(
         '"/models/classifier"', f'"{models / "classifier"}"'))
     server = PlainServer([], tmp_path / "server.log", env=TF_SERVING_IMAGE_ENV)
     args = []
     for arg in dockerfile_server_args():  # paths and ports aside, exactly these
-        arg = arg.replace("/etc/tfserving/", f"{config}/")
+        arg = arg.replace("/etc/tfserving/", f"{config}/").replace("=/models/", f"={models}/")
         arg = re.sub(r"^--port=\d+$", f"--port={server.grpc_port}", arg)
         arg = re.sub(r"^--rest_api_port=\d+$", f"--rest_api_port={server.rest_port}", arg)
         args.append(arg)

@@ -17,7 +17,7 @@ import pytest
 from contract.labels import Labels
 from contract.names import IMAGE_BYTES_INPUT, LABELS_OBJECT, SERVING_DEFAULT
 from contract.storage import open_location
-from serving.server_config import read_state
+from serving.server_config import Served, read_state
 from serving.store import ModelFolder
 from tests.conftest import MODELS_BUCKET, REPO, run_cli, unique
 from tools.model_server import LocalServer
@@ -97,24 +97,6 @@ def test_evaluate_agrees_with_the_trainers_test_metrics(lifecycle, tmp_path):
     assert page.count("data:image/jpeg;base64,") == wrong and "http" not in page
 
 
-def test_evaluate_with_a_baseline_reports_the_difference_with_a_confidence_interval(
-        lifecycle, tmp_path):
-    set_labels(lifecycle["source"], {"stable": 1}, {})
-    report = tmp_path / "report"
-    proc = run_cli("trainer", "evaluate", "--model", f"{lifecycle['source']}/2", "--baseline",
-                   "stable", "--data", str(lifecycle["data"]), "--report-dir", str(report),
-                   "--quiet")
-    assert proc.returncode == 0, proc.stderr
-    metrics = json.loads((report / "metrics.json").read_text())
-    d = metrics["difference"]
-    assert (d["candidate"], d["baseline"], d["baseline_chosen_by"]) == (2, 1, "label stable")
-    assert d["accuracy"] == pytest.approx(metrics["candidate"]["accuracy"]
-                                          - metrics["baseline"]["accuracy"])
-    low, high = d["accuracy_ci"]
-    assert low <= d["accuracy"] <= high < 0  # trained on swapped labels: surely worse
-    assert "difference (2 - 1): accuracy -" in proc.stdout
-
-
 def test_promote_moves_stable_only_for_a_candidate_that_is_no_worse(lifecycle, tmp_path):
     source = lifecycle["source"]
     set_labels(source, {"stable": 2}, {})  # the worse version is live
@@ -133,8 +115,15 @@ def test_promote_moves_stable_only_for_a_candidate_that_is_no_worse(lifecycle, t
     assert "not promoted: version 2 scores accuracy" in line
     assert "below stable version 1" in line and "stable stays at 1" in line
     assert open_location(source).read_bytes(LABELS_OBJECT) == before
-    assert json.loads((tmp_path / "second" / "metrics.json").read_text())["difference"][
-        "accuracy"] < 0
+    # The evaluation behind it: both versions on the same images, and the difference with
+    # its bootstrap interval (trained on swapped labels: surely worse).
+    metrics = json.loads((tmp_path / "second" / "metrics.json").read_text())
+    d = metrics["difference"]
+    assert (d["candidate"], d["baseline"], d["images"]) == (2, 1, 20)
+    assert d["accuracy"] == pytest.approx(metrics["candidate"]["accuracy"]
+                                          - metrics["baseline"]["accuracy"])
+    low, high = d["accuracy_ci"]
+    assert low <= d["accuracy"] <= high < 0
 
 
 def test_promote_of_a_version_that_does_not_exist_is_exit_2_and_moves_nothing(lifecycle):
@@ -260,6 +249,28 @@ def test_rollback_under_load_switches_within_a_poll_and_fails_no_request(stack):
     assert switched - rolled_back < 2 * POLL_S + 5, switched - rolled_back
     print(f"rollback reached clients after {switched - rolled_back:.2f} s, "
           f"{len(clients.answers)} answers, 0 failed")
+
+
+def test_a_label_moving_to_a_version_not_loaded_switches_in_two_steps_with_no_failure(
+        stack):
+    """After the rollback only version 1 is served. Moving stable to 2 again makes the
+    puller list 2 first (the server loads it) and move the label a sync later: TF Serving
+    refuses a label in use on a version it has not loaded."""
+    config = stack["config"]
+    assert read_state(config).versions == (1,)
+    with Clients(stack["server"].grpc_target, stack["image"]) as clients:
+        moved = time.monotonic()
+        proc = run_cli("serving", "label", "set", "--source", stack["source"], "stable=2")
+        assert proc.returncode == 0, proc.stderr
+        switched = clients.first_answer_from(2, after=moved)
+        time.sleep(1)
+    assert clients.failures == []
+    assert {v for t, v in clients.answers if t > switched} == {2}
+    log = Path(stack["puller_log"]).read_text()
+    assert "model server config: versions [1, 2], labels stable=1 (a label moves on the next " \
+        "sync" in log
+    assert read_state(config) == Served((1, 2), {"stable": 2})
+    print(f"stable reached a version loaded on demand after {switched - moved:.2f} s")
 
 
 @pytest.mark.parametrize("hostile", [
