@@ -201,6 +201,9 @@ def evaluate(model, data, baseline, report_dir, batch_size, verify_key, quiet,
         click.echo(f"difference ({d['candidate']} - {d['baseline']}): accuracy "
                    f"{d['accuracy']:+.4f} ({d['confidence']:.0%} CI {low:+.4f} to "
                    f"{high:+.4f}), loss {d['loss']:+.4f}")
+        for name, diff in d["per_class"].items():
+            click.echo(f"  {name}: precision {diff['precision']:+.4f}, recall "
+                       f"{diff['recall']:+.4f}, f1 {diff['f1']:+.4f}")
     click.echo(f"report: {report_dir}/ (metrics.json, confusion_matrix.png, "
                "misclassified.png, misclassified.html)")
 

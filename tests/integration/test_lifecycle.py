@@ -75,9 +75,10 @@ def test_evaluate_agrees_with_the_trainers_test_metrics(lifecycle, tmp_path):
         target.write_bytes(images.contents[i])
     report = tmp_path / "report"
     proc = run_cli("trainer", "evaluate", "--model", f"{lifecycle['source']}/1", "--data",
-                   str(held_out), "--report-dir", str(report), "--quiet")
+                   str(held_out), "--baseline", "2", "--report-dir", str(report), "--quiet")
     assert proc.returncode == 0, proc.stderr
-    measured = json.loads((report / "metrics.json").read_text())
+    metrics = json.loads((report / "metrics.json").read_text())
+    measured = metrics["candidate"]
     trained = json.loads(open_location(f"{lifecycle['source']}/1").read_bytes(
         "assets.extra/report/metrics.json"))["test"]
     assert measured["images"] == len(test) and measured["unclassified"] == []
@@ -87,6 +88,15 @@ def test_evaluate_agrees_with_the_trainers_test_metrics(lifecycle, tmp_path):
         assert measured["per_class"][name] == pytest.approx(figures)
     assert measured["loss"] == pytest.approx(trained["loss"], abs=1e-4)
     assert f"version 1 of m (version 1): accuracy {trained['accuracy']:.4f}" in proc.stdout
+    # The baseline on the same images, and the difference per metric on the command line.
+    d = metrics["difference"]
+    assert (d["candidate"], d["baseline"], d["images"]) == (1, 2, len(test))
+    assert d["accuracy"] == pytest.approx(trained["accuracy"]
+                                          - metrics["baseline"]["accuracy"])
+    assert f"difference (1 - 2): accuracy {d['accuracy']:+.4f} (95% CI" in proc.stdout
+    for name, diff in d["per_class"].items():
+        assert f"  {name}: precision {diff['precision']:+.4f}, recall {diff['recall']:+.4f}" \
+            in proc.stdout
     # The pictures open; the HTML page carries its images inline (one file to send).
     for picture in ("confusion_matrix.png", "misclassified.png"):
         with Image.open(report / picture) as im:
