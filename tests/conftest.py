@@ -95,7 +95,8 @@ def pytest_runtest_makereport(item, call):
 # is left alone with a two-minute module at the end of the run. Modules not named here
 # take a few seconds. Only the order changes, never what runs.
 MODULE_SECONDS = {
-    "test_lifecycle": 200, "test_load": 140, "test_serving_lifecycle": 130, "test_reliability": 115,
+    "test_lifecycle": 200, "test_load": 140, "test_serving_lifecycle": 130,
+    "test_reliability": 115, "test_sharded_extract": 110,
     "test_signing": 110, "test_publish_faults": 90, "test_security": 85,
     "test_end_to_end": 80, "test_trainer_bad_input": 70, "test_trainer_local": 70,
     "test_fuzz": 65, "test_conformance": 50, "test_serving_grpc": 48, "test_serving_rest": 40,

@@ -152,6 +152,52 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
 
 
 @cli.command()
+@click.option("--data", required=True, envvar="DATA_URI",
+              help="Dataset location (as for train).")
+@click.option("--cache", required=True, envvar="FEATURE_CACHE",
+              help="The shared feature cache (local folder or s3://) that train reads.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Compute shard I of N (0 <= I < N): the images whose path hashes to I. "
+                   "[default: JOB_COMPLETION_INDEX/SHARD_COUNT from the environment (a "
+                   "Kubernetes Indexed Job), else 0/1, every image]")
+@click.option("--weights", default="imagenet", envvar="WEIGHTS",
+              help="VGG16 weights, as for train (they name the cache's entries).")
+@click.option("--seed", type=int, default=defaults.DEFAULT_SEED, envvar="SEED",
+              help="As for train (--weights none: the random weights).")
+@click.option("--batch-size", type=int, default=defaults.DEFAULT_BATCH_SIZE,
+              envvar="BATCH_SIZE", help="Images per VGG16 call.")
+@click.option("--require-gpu", is_flag=True, envvar="REQUIRE_GPU",
+              help="Fail at once (exit 3) if TensorFlow sees no GPU.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--verbose", is_flag=True,
+              help="Also show TensorFlow's native start-up and log lines.")
+def extract(data, cache, shard, weights, seed, batch_size, require_gpu, quiet,
+            verbose) -> None:
+    """One shard of the feature pass: fill the shared cache with this shard's fc2 features.
+
+    Safe to run again after a kill (it computes only what is missing) and beside other
+    shards; a later `train` with the same --data, --cache, --weights and --seed computes
+    none of them."""
+    native_output(verbose)
+    _setup_logging(quiet)
+    _terminate_on_sigterm()
+    try:
+        from trainer.extract import parse_shard, preflight
+
+        index, count = parse_shard(shard)
+        preflight(data, cache, weights)
+        from trainer.extract import run_extract
+
+        r = run_extract(data, cache, index, count, weights, seed, batch_size, quiet,
+                        require_gpu)
+    except UserError as e:
+        _fail(e)
+    click.echo(f"shard {r.index}/{r.count}: {r.images} images, features {r.from_cache} "
+               f"cached / {r.computed} computed, {len(r.skipped)} skipped; "
+               f"{r.seconds:.1f} s")
+
+
+@cli.command()
 @click.option("--model", required=True, envvar="MODEL_URI", metavar="URI[/VERSION]",
               help="<models-uri>/<model-name>, optionally /<version>. Without a version: the "
                    "version labelled stable, else the newest published one.")

@@ -99,8 +99,11 @@ def _check_header(data: bytes) -> str | None:
     return None
 
 
-def load_images(data_uri: str, quiet: bool = False) -> ImageSet:
-    """List, read and sanity-check every image below `data_uri`. Raises InputError (exit 2)."""
+def load_images(data_uri: str, quiet: bool = False, select=None) -> ImageSet:
+    """List, read and sanity-check every image below `data_uri`. Raises InputError (exit 2).
+
+    `select(relative path) -> bool` reads only some of the images (a shard of the feature
+    pass): the classes are still every class folder, and class sizes are not checked."""
     location: Location = open_location(data_uri)
     files = location.list_files()
     if not files:
@@ -128,7 +131,7 @@ def load_images(data_uri: str, quiet: bool = False) -> ImageSet:
         raise InputError(f"--data {data_uri}: need at least {MIN_CLASSES} class folders with "
                          f"images, found {len(classes)} ({found})")
 
-    ordered = [(c, p) for c in classes for p in by_class[c]]
+    ordered = [(c, p) for c in classes for p in by_class[c] if select is None or select(p)]
     paths, labels, contents, digests = [], [], [], []
     bar = tqdm(total=len(ordered), desc="reading images", unit="img", disable=quiet)
     with bar:
@@ -144,9 +147,12 @@ def load_images(data_uri: str, quiet: bool = False) -> ImageSet:
             contents.append(data)
             digests.append(hashlib.sha256(data).hexdigest())
 
+    if select is not None:
+        skipped = [s for s in skipped if select(s.path)]
     images = ImageSet(classes, paths, np.asarray(labels, dtype=np.int64), contents, digests,
                       sorted(skipped, key=lambda s: s.path))
-    check_class_sizes(images, data_uri)
+    if select is None:
+        check_class_sizes(images, data_uri)
     return images
 
 

@@ -394,6 +394,30 @@ def test_promote_and_rollback_are_templates_with_the_trainers_access(docs):
             assert {"CANDIDATE_VERSION", "EVAL_DATA_URI"} <= set(env)
 
 
+def test_the_feature_pass_is_an_indexed_job_template_one_shard_per_index(docs):
+    """`trainer extract` as a suspended Indexed Job: SHARD_COUNT = completions, each failed
+    index retried on its own, bad input fails the Job; it fills the cache the trainer reads,
+    with the same weights and seed."""
+    cronjob = one(docs, "CronJob", "extract")
+    assert cronjob["spec"]["suspend"] is True
+    job = cronjob["spec"]["jobTemplate"]["spec"]
+    assert job["completionMode"] == "Indexed"
+    assert job["backoffLimitPerIndex"] >= 1 and "backoffLimit" not in job
+    assert 1 <= job["parallelism"] <= job["completions"]
+    pod = job["template"]["spec"]
+    [c] = pod["containers"]
+    assert c["args"] == ["extract"] and pod["restartPolicy"] == "Never"
+    env = _env(docs, c)
+    assert int(env["SHARD_COUNT"]) == job["completions"]
+    [fail] = [r for r in job["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+    assert fail["onExitCodes"]["values"] == [2]
+    trainer = pod_template(one(docs, "CronJob", "trainer"))["spec"]["containers"][0]
+    trainer_env = _env(docs, trainer)
+    for name in ("DATA_URI", "FEATURE_CACHE", "WEIGHTS", "SEED"):
+        assert env.get(name) == trainer_env.get(name), name
+    assert env["FEATURE_CACHE"].startswith("s3://")
+
+
 def test_production_publishes_only_good_enough_models(docs):
     """The sidecars put every published version live: the gate must be a real one."""
     cronjob = one(docs, "CronJob", "trainer")
@@ -441,8 +465,9 @@ def test_grpc_clients_can_spread_over_pods_through_a_headless_service(docs):
     assert [(p["name"], p["port"]) for p in headless["spec"]["ports"]] == [("grpc", 8500)]
 
 
-def test_gpu_overlay_trains_on_gpu_nodes(gpu):
-    spec = pod_template(one(gpu, "CronJob", "trainer"))["spec"]
+@pytest.mark.parametrize("name", ["trainer", "extract"])
+def test_gpu_overlay_trains_on_gpu_nodes(gpu, name):
+    spec = pod_template(one(gpu, "CronJob", name))["spec"]
     [c] = spec["containers"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert c["image"].endswith(":0.1.0-gpu")
