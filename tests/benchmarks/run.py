@@ -1,6 +1,6 @@
 """`make bench`: performance figures, each a ratio measured side by side in one run.
 
-    python -m tests.benchmarks.run [--quick] [--onednn] [--signing]
+    python -m tests.benchmarks.run [--quick] [--onednn] [--signing DIR] [--scale]
 
 Prints a table (figure, value, target, met) and writes .bench/results.json. Not part of
 `make test`: timings belong here, never in assertions. --quick shrinks the workloads to
@@ -424,12 +424,73 @@ def bench_signing(version_dir: Path, repeats: int) -> list[Figure]:
     ]
 
 
+# ---------------------------------------------------------------------------------------
+# scale: peak memory of a training run against the dataset's size (issue 14)
+
+def large_photos(folder: Path, count: int, seed: int = 0) -> None:
+    """`count` 1600x1200 JPEGs of about 1 MB (noise over gradients: photo-like entropy),
+    half in each of two classes."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:1200, 0:1600]
+    for i in range(count):
+        target = folder / ("a" if i % 2 else "b") / f"photo_{i:04d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        base = np.stack([(x * rng.uniform(0.05, 0.15) + y * rng.uniform(0.05, 0.15)) % 256
+                         for _ in range(3)], axis=-1)
+        noisy = np.clip(base + rng.normal(0, 24, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(target, quality=90)
+
+
+def peak_rss_mb(*args: str) -> float:
+    """Peak resident memory of one `trainer` run, in MB (its own process, measured by a
+    parent that runs nothing else)."""
+    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+            "stdout=subprocess.DEVNULL); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "trainer", *args],
+                         env=ENV, cwd=REPO, check=True, capture_output=True, text=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def bench_scale(sizes: tuple[int, int]) -> list[Figure]:
+    """`trainer train` (cached path, --epochs 1) on two sizes of the same kind of large
+    photos: the memory each added image costs."""
+    small, large = sizes
+    data = WORK / f"photos-{large}"
+    large_photos(data, large)
+    subset = WORK / f"photos-{small}"
+    for cls in ("a", "b"):
+        (subset / cls).mkdir(parents=True)
+        for f in sorted((data / cls).iterdir())[:small // 2]:
+            os.link(f, subset / cls / f.name)
+    mean_mb = sum(f.stat().st_size for f in data.rglob("*.jpg")) / large / 1e6
+    rss = {}
+    for n, folder in ((small, subset), (large, data)):
+        log(f"scale: training on {n} photos of {mean_mb:.2f} MB")
+        rss[n] = peak_rss_mb("train", "--data", str(folder), "--output",
+                             str(WORK / "scale-models"), "--model-name", f"scale{n}",
+                             "--weights", "none", "--cache", str(WORK / f"scale-cache-{n}"),
+                             "--epochs", "1", "--cache-check", "0", "--quiet")
+    per_image = (rss[large] - rss[small]) / (large - small)
+    return [Figure("train peak RSS per added image (MB)", round(per_image, 2),
+                   "<= 0.3 MB (features only)", per_image <= 0.3,
+                   f"peak RSS {rss[small]:.0f} MB at {small} photos, {rss[large]:.0f} MB at "
+                   f"{large} ({mean_mb:.2f} MB each): the images' bytes are "
+                   f"{per_image / mean_mb:.1f}x in memory")]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny workloads (harness check)")
     parser.add_argument("--onednn", action="store_true",
                         help="only compare TensorFlow's oneDNN kernels off and on (~4 min)")
+    parser.add_argument("--scale", action="store_true",
+                        help="only peak memory of train at two dataset sizes (120 and 480 "
+                             "photos of ~1 MB; ~10 min)")
     parser.add_argument("--signing", metavar="VERSION_DIR", type=Path,
                         help="only measure signing and verification on this version folder")
     args = parser.parse_args()
@@ -446,6 +507,8 @@ def main() -> int:
 
     if args.signing:
         figures = bench_signing(args.signing.absolute(), 3)
+    elif args.scale:
+        figures = bench_scale((12, 48) if args.quick else (120, 480))
     elif args.onednn:
         figures = bench_onednn(data)
     else:
