@@ -9,6 +9,7 @@ itself is wrong (no such bucket).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import os
@@ -31,6 +32,7 @@ S3_CONNECT_TIMEOUT_S = 5
 S3_READ_TIMEOUT_S = 60
 # Parallel transfers: object stores reward concurrency; 16 keeps a laptop responsive.
 TRANSFER_WORKERS = 16
+READ_AHEAD = 4 * TRANSFER_WORKERS  # files read_many holds ahead of its consumer
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 
 
@@ -119,15 +121,25 @@ class Location:
         self.write_bytes(probe, b"")
         self.delete([probe])
 
-    def read_many(self, paths: list[str]) -> Iterator[tuple[str, bytes | None]]:
-        """Read several files concurrently; yields (path, bytes) in input order, None if missing."""
+    def read_many(self, paths: Iterable[str]) -> Iterator[tuple[str, bytes | None]]:
+        """Read several files concurrently; yields (path, bytes) in input order, None if
+        missing. At most READ_AHEAD files are read ahead of the consumer, so memory stays
+        bounded however many paths there are and however slow the consumer is."""
         def read(p: str) -> bytes | None:
             try:
                 return self.read_bytes(p)
             except FileNotFoundError:
                 return None
         with ThreadPoolExecutor(TRANSFER_WORKERS) as pool:
-            yield from zip(paths, pool.map(read, paths), strict=True)
+            pending: collections.deque = collections.deque()
+            for p in paths:
+                pending.append((p, pool.submit(read, p)))
+                if len(pending) >= READ_AHEAD:
+                    path, future = pending.popleft()
+                    yield path, future.result()
+            while pending:
+                path, future = pending.popleft()
+                yield path, future.result()
 
     def __str__(self) -> str:
         return self.uri

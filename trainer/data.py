@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,14 +36,44 @@ class Skipped:
     reason: str
 
 
+class Contents(Sequence):
+    """The encoded images of an ImageSet, read from the dataset location when asked for and
+    not kept: memory does not grow with the dataset's bytes. `read(indices)` streams many
+    (concurrent reads, a bounded number ahead); an index or a slice reads those."""
+
+    def __init__(self, location: Location, paths: list[str]):
+        self.location = location
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return list(self.read(range(*i.indices(len(self.paths)))))
+        return next(self.read([i]))
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.read(range(len(self.paths)))
+
+    def read(self, indices: Iterable[int]) -> Iterator[bytes]:
+        for path, data in self.location.read_many(self.paths[int(i)] for i in indices):
+            if data is None:
+                raise InputError(f"{self.location.uri}/{path} disappeared during the run")
+            yield data
+
+    def subset(self, idx: list[int]) -> Contents:
+        return Contents(self.location, [self.paths[i] for i in idx])
+
+
 @dataclass
 class ImageSet:
-    """Images read into memory (encoded bytes), with labels and content hashes."""
+    """The usable images (paths, labels, content hashes); their bytes are read on demand."""
 
     classes: list[str]
     paths: list[str]  # relative to the dataset location, e.g. "stegosaurus/img01.jpg"
     labels: np.ndarray  # int class index per image
-    contents: list[bytes]
+    contents: Sequence[bytes]  # Contents (read on demand), or a list in memory
     sha256: list[str]
     skipped: list[Skipped] = field(default_factory=list)
 
@@ -51,9 +82,10 @@ class ImageSet:
 
     def subset(self, keep: np.ndarray) -> ImageSet:
         idx = [int(i) for i in keep]
+        contents = self.contents.subset(idx) if isinstance(self.contents, Contents) else \
+            [self.contents[i] for i in idx]
         return ImageSet(self.classes, [self.paths[i] for i in idx], self.labels[idx],
-                        [self.contents[i] for i in idx], [self.sha256[i] for i in idx],
-                        list(self.skipped))
+                        contents, [self.sha256[i] for i in idx], list(self.skipped))
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(self.classes))
@@ -132,7 +164,7 @@ def load_images(data_uri: str, quiet: bool = False, select=None) -> ImageSet:
                          f"images, found {len(classes)} ({found})")
 
     ordered = [(c, p) for c in classes for p in by_class[c] if select is None or select(p)]
-    paths, labels, contents, digests = [], [], [], []
+    paths, labels, digests = [], [], []
     bar = tqdm(total=len(ordered), desc="reading images", unit="img", disable=quiet)
     with bar:
         for (cls, path), (_, data) in zip(ordered, location.read_many([p for _, p in ordered]),
@@ -144,13 +176,12 @@ def load_images(data_uri: str, quiet: bool = False, select=None) -> ImageSet:
                 continue
             paths.append(path)
             labels.append(classes.index(cls))
-            contents.append(data)
-            digests.append(hashlib.sha256(data).hexdigest())
+            digests.append(hashlib.sha256(data).hexdigest())  # the bytes are not kept
 
     if select is not None:
         skipped = [s for s in skipped if select(s.path)]
-    images = ImageSet(classes, paths, np.asarray(labels, dtype=np.int64), contents, digests,
-                      sorted(skipped, key=lambda s: s.path))
+    images = ImageSet(classes, paths, np.asarray(labels, dtype=np.int64),
+                      Contents(location, paths), digests, sorted(skipped, key=lambda s: s.path))
     if select is None:
         check_class_sizes(images, data_uri)
     return images

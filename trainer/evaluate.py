@@ -197,16 +197,19 @@ def write_report(folder: Path, metrics: dict, scored: Scored, images: ImageSet) 
 
 
 def _misclassified(scored: Scored, images: ImageSet) -> list[dict]:
+    from trainer.features import take
+
     classes = scored.manifest.classes
     out = []
     for i, (row, error) in enumerate(zip(scored.scores, scored.errors, strict=True)):
         true = images.classes[images.labels[i]]
         predicted = classes[int(row.argmax())]
         if error or predicted != true:
-            out.append({"path": images.paths[i], "true": true,
+            out.append({"index": i, "path": images.paths[i], "true": true,
                         "predicted": "" if error else predicted,
-                        "score": 0.0 if error else float(row.max()), "error": error,
-                        "data": images.contents[i]})
+                        "score": 0.0 if error else float(row.max()), "error": error})
+    for w, data in zip(out, take(images.contents, [w["index"] for w in out]), strict=True):
+        w["data"] = data
     return sorted(out, key=lambda w: -w["score"])  # confidently wrong first
 
 

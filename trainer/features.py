@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from contract.errors import GateNotMet
 from contract.storage import TRANSFER_WORKERS, Location
-from trainer.data import ImageSet, Skipped
+from trainer.data import Contents, ImageSet, Skipped
 from trainer.model import FEATURE_DIM, BaseModel, feature_function
 from trainer.preprocessing import PREPROCESSING_VERSION, decode_and_resize, preprocess_image_bytes
 
@@ -106,7 +107,7 @@ def spot_check(images: ImageSet, base: BaseModel, vectors: np.ndarray, hits: np.
     sample = np.sort(rng.choice(hits, size=min(count, len(hits)), replace=False))
     extract = feature_function(base)
     bad = []
-    for local_idx, batch in image_pipeline([images.contents[i] for i in sample],
+    for local_idx, batch in image_pipeline(take(images.contents, sample),
                                            preprocess_image_bytes, batch_size):
         rows = sample[local_idx.numpy()]
         fresh = extract(batch).numpy()
@@ -123,18 +124,31 @@ def spot_check(images: ImageSet, base: BaseModel, vectors: np.ndarray, hits: np.
     return len(sample)
 
 
-def image_pipeline(contents: list[bytes], fn, batch_size: int) -> tf.data.Dataset:
+def image_pipeline(contents: Sequence[bytes], fn, batch_size: int) -> tf.data.Dataset:
     """(index, fn(image bytes)) batches: parallel decode, order kept, prefetched.
 
     Images that fail to decode are dropped (their index is missing from the output), so the
-    caller learns which ones are unusable without a separate validation pass.
+    caller learns which ones are unusable without a separate validation pass. Images read
+    on demand (data.Contents) are streamed: a bounded number are in memory at any time.
     """
-    ds = tf.data.Dataset.from_tensor_slices(
-        (tf.range(len(contents), dtype=tf.int64), tf.constant(contents, dtype=tf.string)))
+    if isinstance(contents, Contents):
+        ds = tf.data.Dataset.from_generator(
+            lambda: enumerate(contents), output_signature=(
+                tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string)))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(
+            (tf.range(len(contents), dtype=tf.int64), tf.constant(contents, dtype=tf.string)))
     ds = ds.map(lambda i, b: (i, fn(b)), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     ds = ds.ignore_errors(log_warning=False)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def take(contents: Sequence[bytes], idx) -> Sequence[bytes]:
+    """The images at `idx`, still read on demand when `contents` is."""
+    idx = [int(i) for i in idx]
+    return contents.subset(idx) if isinstance(contents, Contents) else \
+        [contents[i] for i in idx]
 
 
 def _drop_undecodable(images: ImageSet, ok: np.ndarray) -> ImageSet:
@@ -164,7 +178,7 @@ def extract_features(images: ImageSet, base: BaseModel, cache: FeatureCache | No
     computed = 0
     if len(todo):
         extract = feature_function(base)
-        pipeline = image_pipeline([images.contents[i] for i in todo], preprocess_image_bytes,
+        pipeline = image_pipeline(take(images.contents, todo), preprocess_image_bytes,
                                   batch_size)
         bar = tqdm(total=len(todo), desc="extracting fc2 features", unit="img", disable=quiet)
         with bar, ThreadPoolExecutor(TRANSFER_WORKERS) as writer:

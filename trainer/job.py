@@ -20,7 +20,7 @@ from contract.storage import LocalLocation, open_location
 from trainer.config import TrainConfig
 from trainer.data import ImageSet, check_class_sizes, load_images, split_with_test
 from trainer.export import export_saved_model
-from trainer.features import FeatureCache, decodable, extract_features
+from trainer.features import FeatureCache, decodable, extract_features, take
 from trainer.model import BaseModel, build_base, full_model
 from trainer.preprocessing import IMAGE_SIZE, PREPROCESSING, PREPROCESSING_VERSION
 from trainer.publish import publish
@@ -123,8 +123,9 @@ def run(config: TrainConfig) -> JobResult:
         fit = fit_on_features(vectors[train], images.labels[train], vectors[val],
                               images.labels[val], n_classes, **fit_args)
     else:
-        fit = fit_end_to_end(base, [images.contents[i] for i in train], images.labels[train],
-                             [images.contents[i] for i in val], images.labels[val], n_classes,
+        # --no-cache keeps the images in memory (the seed recipe, for small sets).
+        fit = fit_end_to_end(base, list(take(images.contents, train)), images.labels[train],
+                             list(take(images.contents, val)), images.labels[val], n_classes,
                              **fit_args)
     t = lap("train", t)
 
@@ -150,7 +151,7 @@ def run(config: TrainConfig) -> JobResult:
     if len(test):  # held out of training and validation: the seed recipe's test metrics
         probabilities = predict_features(fit.head, vectors[test], config.batch_size) \
             if config.cache is not None else predict_images(
-                base, fit.head, [images.contents[i] for i in test], config.batch_size)
+                base, fit.head, list(take(images.contents, test)), config.batch_size)
         tested = classification_metrics(images.classes, images.labels[test], probabilities)
         tested["loss"] = _cross_entropy(probabilities, images.labels[test])
         metrics["test"] = tested
@@ -190,7 +191,7 @@ def run(config: TrainConfig) -> JobResult:
             plots.result()
         t = lap("export", t)
         if config.cache is not None:
-            cross_check(serve, [images.contents[i] for i in val], fit.val_probabilities)
+            cross_check(serve, take(images.contents, val), fit.val_probabilities)
             t = lap("cross_check", t)
         timings["total_before_publish"] = round(t - started, 3)
         write_metrics(report_dir, metrics)
@@ -226,16 +227,16 @@ def run(config: TrainConfig) -> JobResult:
     return result
 
 
-def cross_check(serve, val_bytes: list[bytes], expected: np.ndarray) -> None:
+def cross_check(serve, val_bytes, expected: np.ndarray) -> None:
     """Score the validation images from their bytes through the exported graph and compare
     with what the head gave on their features. The features came from the cache, which
     anyone with write access to it can fill: a poisoned or stale entry shows up here as a
     disagreement, and the run stops (exit 4) before anything is published."""
     import tensorflow as tf
 
-    got = np.concatenate([
+    got = np.concatenate([  # a batch of images in memory at a time
         serve(tf.constant(val_bytes[i:i + CROSS_CHECK_BATCH]))["scores"].numpy()
-        for i in range(0, len(val_bytes), CROSS_CHECK_BATCH)]) if val_bytes else expected
+        for i in range(0, len(val_bytes), CROSS_CHECK_BATCH)]) if len(val_bytes) else expected
     diff = np.abs(got - expected).max(axis=1) if len(expected) else np.zeros(0)
     bad = int((diff > CROSS_CHECK_TOLERANCE).sum())
     if bad:

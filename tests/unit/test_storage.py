@@ -42,3 +42,33 @@ def test_local_write_read_list(tmp_path):
 def test_paths_cannot_escape_the_location(tmp_path, bad):
     with pytest.raises(InputError, match="invalid relative path"):
         open_location(str(tmp_path)).read_bytes(bad)
+
+
+def test_read_many_reads_a_bounded_number_ahead_of_a_slow_consumer(tmp_path):
+    """Memory of a streaming pass stays bounded: however many files, read_many holds at
+    most READ_AHEAD of them beyond what its consumer has taken."""
+    import threading
+    import time
+
+    from contract.storage import READ_AHEAD
+
+    class Counting(LocalLocation):
+        started = 0
+        lock = threading.Lock()
+
+        def read_bytes(self, path, limit=None):
+            with Counting.lock:
+                Counting.started += 1
+            return super().read_bytes(path, limit)
+
+    loc = Counting(tmp_path)
+    paths = [f"f{i:04d}" for i in range(READ_AHEAD * 4)]
+    for p in paths:
+        loc.write_bytes(p, p.encode())
+    ahead = []
+    for taken, (path, data) in enumerate(loc.read_many(iter(paths)), start=1):
+        assert data == path.encode()  # in order
+        time.sleep(0.001)  # a consumer slower than the readers
+        ahead.append(Counting.started - taken)
+    assert max(ahead) <= READ_AHEAD
+    assert Counting.started == len(paths)
