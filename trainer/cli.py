@@ -78,7 +78,8 @@ def cli() -> None:
               help="Feature cache location (local folder or s3://). "
                    "[default: the user cache folder]")
 @click.option("--no-cache", "no_cache", is_flag=True,
-              help="Train the original notebook's way: every image through VGG16 every epoch.")
+              help="Train the original notebook's way: every image through VGG16 every epoch, "
+                   "with every image held in memory (small sets; the cached path streams).")
 @click.option("--cache-check", type=int, default=defaults.DEFAULT_CACHE_CHECK,
               envvar="CACHE_CHECK",
               help="Cache hits recomputed through VGG16 each run, chosen at random, to catch "
