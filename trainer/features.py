@@ -138,31 +138,41 @@ def image_pipeline(contents: Sequence[bytes], fn, batch_size: int) -> tf.data.Da
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-# Images read on demand go through the pipeline this many batches at a time: memory holds
-# one window of encoded images (not the dataset), and a pipeline over bytes in memory keeps
-# its parallel decode and prefetch (a Python generator feeding tf.data one image at a time
-# made the feature pass 25% slower on 2 cores).
-WINDOW_BATCHES = 8
+# Images read on demand enter the pipeline a window of this many batches at a time: memory
+# holds a window or two of encoded images (not the dataset). One pipeline takes all the
+# windows, so decode stays parallel and prefetched across them (a generator yielding single
+# images, or a new pipeline per window, each cost the pass speed on 2 cores).
+WINDOW_BATCHES = 2
 
 
 def image_batches(contents: Sequence[bytes], fn, batch_size: int):
     """(indices into `contents`, batch) for every decodable image, in order; images read on
-    demand (data.Contents) are read and decoded one window at a time."""
+    demand (data.Contents) are read a window at a time, the next while this one decodes."""
     if not isinstance(contents, Contents):
         for local_idx, batch in image_pipeline(contents, fn, batch_size):
             yield local_idx.numpy(), batch
         return
     window = WINDOW_BATCHES * batch_size
     starts = list(range(0, len(contents), window))
-    with ThreadPoolExecutor(1) as reader:  # the next window is read while this one runs
-        ahead = reader.submit(contents.__getitem__, slice(0, window)) if starts else None
-        for k, start in enumerate(starts):
-            part = ahead.result()
-            if k + 1 < len(starts):
-                ahead = reader.submit(contents.__getitem__,
-                                      slice(starts[k + 1], starts[k + 1] + window))
-            for local_idx, batch in image_pipeline(part, fn, batch_size):
-                yield local_idx.numpy() + start, batch
+
+    def windows():
+        with ThreadPoolExecutor(1) as reader:
+            ahead = reader.submit(contents.__getitem__, slice(0, window)) if starts else None
+            for k, start in enumerate(starts):
+                part = ahead.result()
+                if k + 1 < len(starts):
+                    ahead = reader.submit(contents.__getitem__,
+                                          slice(starts[k + 1], starts[k + 1] + window))
+                yield np.arange(start, start + len(part), dtype=np.int64), np.array(
+                    part, dtype=object)
+
+    ds = tf.data.Dataset.from_generator(windows, output_signature=(
+        tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string))).unbatch()
+    ds = ds.map(lambda i, b: (i, fn(b)), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    ds = ds.ignore_errors(log_warning=False).batch(batch_size).prefetch(2)
+    for idx, batch in ds:
+        yield idx.numpy(), batch
 
 
 def take(contents: Sequence[bytes], idx) -> Sequence[bytes]:

@@ -54,19 +54,22 @@ def test_three_shards_then_train_computes_nothing_and_serves_the_same_scores(sea
     listing = [e.path for e in open_location(data).list_files()]
     sizes = [sum(shard_of(p, SHARDS) == i for p in listing) for i in range(SHARDS)]
     assert sum(sizes) == 30 and all(sizes)
-    cache = f"s3://{CACHE_BUCKET}/{unique('shards')}"
-
     # Shard 0 is killed once some of its entries are written; run again, it computes the
-    # rest only.
-    first = extract(data, cache, 0, "--batch-size", "1")
-    deadline = time.monotonic() + 300
-    while entries(cache) == 0 and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    first.send_signal(signal.SIGKILL)
-    first.communicate(timeout=60)
-    assert first.returncode == -signal.SIGKILL, "shard 0 finished before it was killed"
-    kept = entries(cache)
-    assert 0 < kept < sizes[0]
+    # rest only. (A busy machine can let it finish between two looks: then again, afresh.)
+    for _attempt in range(3):
+        cache = f"s3://{CACHE_BUCKET}/{unique('shards')}"
+        first = extract(data, cache, 0, "--batch-size", "1")
+        deadline = time.monotonic() + 300
+        while entries(cache) == 0 and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=60)
+        time.sleep(0.5)  # a PUT the store had already received lands
+        kept = entries(cache)
+        if first.returncode == -signal.SIGKILL and 0 < kept < sizes[0]:
+            break
+    else:
+        raise AssertionError("shard 0 finished before it could be killed, three times")
     again = summary(extract(data, cache, 0))
     assert (again["images"], again["cached"], again["computed"]) == (sizes[0], kept,
                                                                      sizes[0] - kept)
