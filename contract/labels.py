@@ -121,6 +121,16 @@ def parse_labels(data: bytes, model_name: str) -> Labels:
                   {k: [check_version(v, k) for v in vs] for k, vs in history.items()})
 
 
+def read_labels(location, model_name: str) -> Labels:
+    """The labels object beside the versions of `location` (a contract.storage.Location):
+    none yet when there is no such object; LabelsError when it is refused."""
+    try:
+        data = location.read_bytes(LABELS_OBJECT, limit=1 << 20)
+    except FileNotFoundError:
+        return Labels(model_name, {})
+    return parse_labels(data, model_name)
+
+
 def parse_assignment(text: str) -> tuple[str, int]:
     """`stable=17` -> ("stable", 17), from the command line."""
     label, sep, version = text.partition("=")

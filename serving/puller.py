@@ -168,8 +168,8 @@ class Puller:
                 if version not in ready and old is not None and old not in ready and (
                         old in local or self._try_install(old, result)):
                     ready.add(old)
-            desired = self._labelled(labels, ready)
-            step = self._write_config(desired)
+            desired = self._labelled(labels, ready, written)
+            step = self._write_config(desired, written)
             needed = set(desired.versions) | set(step.versions if step and step.versions
                                                  else ())
             result.removed = self.prune(keep=self._with_grace(needed))
@@ -180,7 +180,7 @@ class Puller:
                     break
                 if version in local or self._try_install(version, result):
                     wanted.append(version)
-            self._write_config(Served(None, {}))
+            self._write_config(Served(None, {}), self._written())
             result.removed = self.prune()
         result.local = self.local_versions()
         return result
@@ -235,10 +235,9 @@ class Puller:
         self._refused_labels = None
         return labels if labels.labels else None
 
-    def _labelled(self, labels: Labels, ready: set[int]) -> Served:
+    def _labelled(self, labels: Labels, ready: set[int], previous: Served | None) -> Served:
         """Labels whose version is installed; a label whose version cannot be installed
-        keeps the version it had (if that one is still here)."""
-        previous = self._written()
+        keeps the version it had in `previous` (if that one is still here)."""
         mapping: dict[str, int] = {}
         for label, version in labels.labels.items():
             if version in ready:
@@ -272,11 +271,10 @@ class Puller:
     def _written(self) -> Served | None:
         return read_state(self.model_config) if self.model_config else None
 
-    def _write_config(self, desired: Served) -> Served | None:
-        """Write the next safe step towards `desired` (server_config.next_step)."""
+    def _write_config(self, desired: Served, written: Served | None) -> Served | None:
+        """Write the next safe step from `written` towards `desired` (next_step)."""
         if self.model_config is None:
             return None
-        written = self._written()
         step = next_step(written, desired)
         if step != written:
             write_atomically(self.model_config, render(self.model_name, str(self.dest), step))

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from contract.errors import EnvironmentFailure, GateNotMet, InputError, UserError
-from contract.labels import Labels, LabelsError, parse_labels
+from contract.labels import Labels, LabelsError, read_labels
 from contract.manifest import MANIFEST_FILE, Manifest
 from contract.names import LABELS_OBJECT, parse_version
 from contract.signing import MAX_SIGNATURE_BYTES, SignatureError, VerifyKey, signature_entry
@@ -70,11 +70,7 @@ class ModelFolder:
     def labels(self) -> Labels:
         """The labels in the store; none when there is no labels object yet."""
         try:
-            data = self.location.read_bytes(LABELS_OBJECT, limit=1 << 20)
-        except FileNotFoundError:
-            return Labels(self.model_name, {})
-        try:
-            return parse_labels(data, self.model_name)
+            return read_labels(self.location, self.model_name)
         except LabelsError as e:
             raise InputError(f"{self.location.uri}/{LABELS_OBJECT}: {e}") from None
 

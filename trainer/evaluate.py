@@ -23,8 +23,8 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from contract.errors import InputError
-from contract.labels import LabelsError, parse_labels
-from contract.manifest import Manifest
+from contract.labels import LabelsError, read_labels
+from contract.manifest import MANIFEST_FILE, Manifest
 from contract.names import (
     ERROR_OUTPUT,
     IMAGE_BYTES_INPUT,
@@ -78,18 +78,14 @@ def resolve(model_uri: str, which: str | None = None) -> ModelRef:
         return ModelRef(folder, name, labels[label], f"label {label}")
     versions = sorted((v for v in map(parse_version, folder.list_dirs()) if v), reverse=True)
     for version in versions:
-        if folder.child(str(version)).exists("_MANIFEST.json"):
+        if folder.child(str(version)).exists(MANIFEST_FILE):
             return ModelRef(folder, name, version, "newest")
     raise InputError(f"--model {uri}: no published version of {name}")
 
 
 def _labels(folder: Location, name: str) -> dict[str, int]:
     try:
-        data = folder.read_bytes(LABELS_OBJECT, limit=1 << 20)
-    except FileNotFoundError:
-        return {}
-    try:
-        return parse_labels(data, name).labels
+        return read_labels(folder, name).labels
     except LabelsError as e:
         raise InputError(f"{folder.uri}/{LABELS_OBJECT}: {e}") from None
 

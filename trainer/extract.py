@@ -64,15 +64,11 @@ class ExtractResult:
 
 def preflight(data: str, cache_uri: str, weights: str) -> None:
     """Seconds, before TensorFlow: the data is there, the cache writable, the weights found."""
-    from trainer.preflight import check_weights_file
+    from trainer.preflight import about, check_weights_file
 
     if open_location(data).is_empty():
         raise InputError(f"--data {data}: location does not exist or is empty")
-    cache = open_location(cache_uri)
-    try:
-        cache.check_writable()
-    except InputError as e:
-        raise InputError(f"--cache {cache_uri}: {e}") from e
+    about("--cache", cache_uri, open_location(cache_uri).check_writable)
     if weights not in ("imagenet", "none"):
         check_weights_file(weights)
 

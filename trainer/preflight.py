@@ -19,7 +19,7 @@ from trainer.config import TrainConfig
 from trainer.publish import already_published
 
 
-def _about(flag: str, value: str, check) -> None:
+def about(flag: str, value: str, check) -> None:
     """Run `check`, prefixing any user error with the flag and value it concerns."""
     try:
         check()
@@ -32,14 +32,14 @@ def preflight(config: TrainConfig) -> None:
     if data.is_empty():
         raise InputError(f"--data {config.data}: location does not exist or is empty")
     models = open_location(config.output).child(config.model_name)
-    _about("--output", config.output, models.check_writable)
+    about("--output", config.output, models.check_writable)
     if config.version is not None:
         version = models.child(str(config.version))
         if version.exists(MANIFEST_FILE):
             raise already_published(config.model_name, config.version, version.uri)
     if config.cache is not None:
         cache = open_location(config.cache)
-        _about("--cache", config.cache, cache.check_writable)
+        about("--cache", config.cache, cache.check_writable)
     if config.weights not in ("imagenet", "none"):
         check_weights_file(config.weights)
     if config.signing_key is not None:
