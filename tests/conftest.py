@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -76,6 +77,23 @@ def seaweed(tmp_path_factory):
     with aws_env_of(store):
         yield store
     store.stop()
+
+
+# Scratch space a whole `make test` run needs at its peak: every exported version is ~0.5 GB
+# (VGG16 to fc2), and each worker's store and session fixtures hold a few of them at once.
+DISK_NEEDED_GB = 10
+
+
+def pytest_report_header(config):
+    """Say up front when the disk is too small: a full disk fails tests far from the cause."""
+    import tempfile
+
+    free = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+    line = f"scratch space: {free:.0f} GB free under {tempfile.gettempdir()}"
+    if free < DISK_NEEDED_GB:
+        line += (f"; WARNING: a run needs about {DISK_NEEDED_GB} GB, expect 'No space left "
+                 f"on device' failures (set TMPDIR to a larger disk)")
+    return line
 
 
 @pytest.hookimpl(wrapper=True)

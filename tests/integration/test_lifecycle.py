@@ -52,7 +52,8 @@ def lifecycle(seaweed, tmp_path_factory):
     run_cli("trainer", "train", "--data", str(data), "--version", "1", "--test-split", "0.2",
             *common, check=True)
     run_cli("trainer", "train", "--data", str(swapped), "--version", "2", *common, check=True)
-    return {"models": models, "source": f"{models}/m", "data": data, "tmp": tmp}
+    yield {"models": models, "source": f"{models}/m", "data": data, "tmp": tmp}
+    shutil.rmtree(tmp, ignore_errors=True)  # a GB of models and caches: not kept to the end
 
 
 def set_labels(source: str, labels: dict[str, int], history: dict[str, list[int]]) -> None:

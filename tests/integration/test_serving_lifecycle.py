@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +64,7 @@ def polling_server(tiny_model, tmp_path_factory):
     srv.base = base
     yield srv
     assert srv.stop() == 0, srv.log_text()[-3000:]
+    shutil.rmtree(tmp, ignore_errors=True)  # holds a full VGG16 version by now
 
 
 def test_new_version_is_swapped_in_with_no_failed_request(polling_server, tiny_model):
