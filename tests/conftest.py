@@ -183,9 +183,13 @@ def published_s3(seaweed, sample_s3, signing_keys):
     signed with the trainer's key (SIGNING_KEY, as the Kubernetes Job sets it)."""
     models = f"s3://{MODELS_BUCKET}/{unique('run')}"
     cache = f"s3://{CACHE_BUCKET}/{unique('features')}"
+    # float32: tests compare the report's validation scores with served ones to 1e-5, which
+    # holds when the feature pass has the exported graph's arithmetic (PRECISION, as a
+    # container would set it; runs reusing this cache pass --precision float32 too).
     proc = run_cli("trainer", "train", "--data", sample_s3, "--output", models,
                    "--model-name", "demo", "--weights", "none", "--cache", cache,
-                   "--version", "1", env={"SIGNING_KEY": str(signing_keys["private"])},
+                   "--version", "1", env={"SIGNING_KEY": str(signing_keys["private"]),
+                                          "PRECISION": "float32"},
                    check=True)
     return {"models": models, "cache": cache, "data": sample_s3, "proc": proc,
             "version_uri": f"{models}/demo/1"}
@@ -205,7 +209,8 @@ class TinyModel:
         self.base_path = root / "models" / self.name
         self.version_dir = self.base_path / "1"
         images = result.images
-        cache = FeatureCache(open_location_(root / "cache"), result.base.weights_sha256)
+        cache = FeatureCache(open_location_(root / "cache"), result.base.weights_sha256,
+                             "float32")
         features = extract_features(images, result.base, cache, batch_size=4, quiet=True)
         assert features.computed == 0  # all from the training run's cache
         probabilities = head_model(result.fit.head).predict(features.vectors, verbose=0)
@@ -234,7 +239,8 @@ def open_location_(path: Path):
 
 
 # Small enough for 2 CPU cores, big enough that each epoch has several shuffled batches.
-TINY = dict(epochs=3, batch_size=4, val_split=0.34, seed=3, weights="none")
+TINY = dict(epochs=3, batch_size=4, val_split=0.34, seed=3, weights="none",
+            precision="float32")  # served scores are compared with the head's: same arithmetic
 
 
 @pytest.fixture(scope="session")

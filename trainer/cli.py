@@ -19,6 +19,7 @@ import click
 from contract.console import native_output
 from contract.errors import UserError
 from trainer import config as defaults
+from trainer.precision import CHOICES as PRECISION_CHOICES
 
 # TensorFlow leaves its oneDNN CPU kernels off by default on some x86 CPUs (AVX2-only ones
 # among them), yet they run VGG16 over batches of 32 faster than its default kernels there
@@ -84,6 +85,12 @@ def cli() -> None:
               envvar="CACHE_CHECK",
               help="Cache hits recomputed through VGG16 each run, chosen at random, to catch "
                    "entries that are not their images' features (exit 4). 0: none.")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto",
+              envvar="PRECISION",
+              help="Arithmetic of the VGG16 feature pass; features are stored as float32 "
+                   "and the exported model computes in float32 either way. auto: bfloat16 "
+                   "where the device computes it natively (NVIDIA compute capability 8.0+, "
+                   "CPUs with AVX512-BF16 or AMX), else float32. --no-cache: float32.")
 @click.option("--min-val-accuracy", type=float, default=0.0, envvar="MIN_VAL_ACCURACY",
               help="Publish only if validation accuracy reaches this (else exit 4, "
                    "nothing published).")
@@ -110,8 +117,8 @@ def cli() -> None:
 @click.option("--verbose", is_flag=True,
               help="Also show TensorFlow's native start-up and log lines.")
 def train(data, output, model_name, epochs, batch_size, learning_rate, val_split, seed, weights,
-          cache, no_cache, cache_check, min_val_accuracy, test_split, min_test_accuracy, version,
-          report_dir, require_gpu, signing_key, quiet, verbose) -> None:
+          cache, no_cache, cache_check, precision, min_val_accuracy, test_split, min_test_accuracy,
+          version, report_dir, require_gpu, signing_key, quiet, verbose) -> None:
     """Train the softmax head on a frozen VGG16 and publish a SavedModel version."""
     if cache and no_cache:
         raise click.UsageError("--cache and --no-cache exclude each other")
@@ -130,6 +137,7 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
                              batch_size=batch_size, learning_rate=learning_rate,
                              val_split=val_split, seed=seed, weights=weights,
                              cache=None if no_cache else cache, cache_check=cache_check,
+                             precision=precision,
                              min_val_accuracy=min_val_accuracy, test_split=test_split,
                              min_test_accuracy=min_test_accuracy, version=version,
                              report_dir=report_dir, require_gpu=require_gpu,
@@ -147,7 +155,7 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
                f"{tested}, {m['images']['train']} train / {m['images']['val']} val"
                f"{held_out} images, "
                f"{len(m['skipped'])} skipped; features {m['features']['from_cache']} cached / "
-               f"{m['features']['computed']} computed; "
+               f"{m['features']['computed']} computed ({m['features']['precision']}); "
                f"{'signed by key ' + result.signed_by if result.signed_by else 'unsigned'}; "
                f"{time.perf_counter() - started:.1f} s)")
 
@@ -167,12 +175,19 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
               help="As for train (--weights none: the random weights).")
 @click.option("--batch-size", type=int, default=defaults.DEFAULT_BATCH_SIZE,
               envvar="BATCH_SIZE", help="Images per VGG16 call.")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto",
+              envvar="PRECISION",
+              help="Arithmetic of the VGG16 feature pass; features are stored as float32 "
+                   "and the exported model computes in float32 either way. auto: bfloat16 "
+                   "where the device computes it natively (NVIDIA compute capability 8.0+, "
+                   "CPUs with AVX512-BF16 or AMX), else float32. Part of the cache's key: "
+                   "train with the same precision.")
 @click.option("--require-gpu", is_flag=True, envvar="REQUIRE_GPU",
               help="Fail at once (exit 3) if TensorFlow sees no GPU.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--verbose", is_flag=True,
               help="Also show TensorFlow's native start-up and log lines.")
-def extract(data, cache, shard, weights, seed, batch_size, require_gpu, quiet,
+def extract(data, cache, shard, weights, seed, batch_size, precision, require_gpu, quiet,
             verbose) -> None:
     """One shard of the feature pass: fill the shared cache with this shard's fc2 features.
 
@@ -190,12 +205,12 @@ def extract(data, cache, shard, weights, seed, batch_size, require_gpu, quiet,
         from trainer.extract import run_extract
 
         r = run_extract(data, cache, index, count, weights, seed, batch_size, quiet,
-                        require_gpu)
+                        require_gpu, precision)
     except UserError as e:
         _fail(e)
     click.echo(f"shard {r.index}/{r.count}: {r.images} images, features {r.from_cache} "
-               f"cached / {r.computed} computed, {len(r.skipped)} skipped; "
-               f"{r.seconds:.1f} s")
+               f"cached / {r.computed} computed ({r.precision}), {len(r.skipped)} "
+               f"skipped; {r.seconds:.1f} s")
 
 
 @cli.command()

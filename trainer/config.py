@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from contract.errors import InputError
+from trainer.precision import CHOICES as PRECISION_CHOICES
 
 # Defaults follow the classic recipe (ml4a transfer-learning guide, Keras docs).
 DEFAULT_EPOCHS = 10  # the head is one Dense layer: it converges in a few passes
@@ -43,6 +44,7 @@ class TrainConfig:
     require_gpu: bool = False  # fail (exit 3) rather than train on the CPU
     signing_key: str | None = None  # PEM EC private key: sign the version (model.sig)
     cache_check: int = DEFAULT_CACHE_CHECK  # random cache hits recomputed each run; 0: none
+    precision: str = "auto"  # the feature pass's: auto (per device), float32, bfloat16
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -65,6 +67,11 @@ class TrainConfig:
              f"--cache-check must be 0 or more, got {self.cache_check}"),
             (self.min_test_accuracy == 0 or self.test_split > 0,
              "--min-test-accuracy needs a test set: give --test-split too"),
+            (self.precision in PRECISION_CHOICES,
+             f"--precision {self.precision}: expected one of {', '.join(PRECISION_CHOICES)}"),
+            (self.cache is not None or self.precision in ("auto", "float32"),
+             f"--precision {self.precision} applies to the cached feature pass; --no-cache "
+             "trains the whole network in float32"),
             (self.version is None or self.version > 0,
              f"--version must be a positive integer, got {self.version}"),
             (self.weights in ("imagenet", "none") or

@@ -60,6 +60,7 @@ class ExtractResult:
     computed: int
     skipped: list  # this shard's files that are not usable images, with the reason
     seconds: float
+    precision: str = "float32"
 
 
 def preflight(data: str, cache_uri: str, weights: str) -> None:
@@ -74,23 +75,23 @@ def preflight(data: str, cache_uri: str, weights: str) -> None:
 
 
 def run_extract(data: str, cache_uri: str, index: int, count: int, weights: str, seed: int,
-                batch_size: int, quiet: bool = False, require_gpu: bool = False
-                ) -> ExtractResult:
+                batch_size: int, quiet: bool = False, require_gpu: bool = False,
+                precision: str = "auto") -> ExtractResult:
     from trainer.data import load_images
     from trainer.features import FeatureCache, extract_features
     from trainer.model import build_base
     from trainer.runtime import configure
 
     started = time.perf_counter()
-    configure(require_gpu)
+    runtime = configure(require_gpu, precision=precision)
     images = load_images(data, quiet=quiet, select=lambda p: shard_of(p, count) == index)
     log.info("shard %d/%d: %d images of %s (%d files skipped)", index, count, len(images),
              data, len(images.skipped))
     base = build_base(weights, seed)
-    cache = FeatureCache(open_location(cache_uri), base.weights_sha256)
+    cache = FeatureCache(open_location(cache_uri), base.weights_sha256, runtime.precision)
     features = extract_features(images, base, cache, batch_size, quiet)
     usable = features.images
     log.info("shard %d/%d: features %d from cache, %d computed; %d files skipped", index,
              count, features.from_cache, features.computed, len(usable.skipped))
     return ExtractResult(index, count, len(usable), features.from_cache, features.computed,
-                         usable.skipped, time.perf_counter() - started)
+                         usable.skipped, time.perf_counter() - started, runtime.precision)

@@ -1,8 +1,9 @@
 """fc2 features, computed once per image and kept in a content-addressed cache.
 
 The frozen VGG16 is deterministic, so an image's fc2 features depend only on its bytes, the
-weights and the preprocessing. The cache key is exactly that:
-`<cache>/<weights sha256[:16]>-<preprocessing version>/<image sha256[:2]>/<image sha256>.npy`.
+weights, the preprocessing and the precision of the pass (trainer.precision). The cache key
+is exactly that: `<cache>/<weights sha256[:16]>-<preprocessing version>-<precision>/
+<image sha256[:2]>/<image sha256>.npy`; entries are float32 whatever the precision.
 One entry per image, each written atomically, so several workers (for example the shards of
 a Kubernetes Indexed Job) can fill the same cache in parallel and an interrupted run leaves
 only complete entries behind.
@@ -24,6 +25,7 @@ from contract.errors import GateNotMet
 from contract.storage import TRANSFER_WORKERS, Location
 from trainer.data import Contents, ImageSet, Skipped
 from trainer.model import FEATURE_DIM, BaseModel, feature_function
+from trainer.precision import FEATURE_TOLERANCE
 from trainer.preprocessing import PREPROCESSING_VERSION, decode_and_resize, preprocess_image_bytes
 
 UNDECODABLE = "cannot be decoded by TensorFlow (corrupt or truncated)"
@@ -32,9 +34,10 @@ UNDECODABLE = "cannot be decoded by TensorFlow (corrupt or truncated)"
 class FeatureCache:
     """Reads and writes fc2 feature vectors keyed by image content."""
 
-    def __init__(self, location: Location, weights_sha256: str):
+    def __init__(self, location: Location, weights_sha256: str, precision: str = "float32"):
         self.location = location
-        self.namespace = f"{weights_sha256[:16]}-{PREPROCESSING_VERSION}"
+        self.precision = precision
+        self.namespace = f"{weights_sha256[:16]}-{PREPROCESSING_VERSION}-{precision}"
 
     def key(self, image_sha256: str) -> str:
         return f"{self.namespace}/{image_sha256[:2]}/{image_sha256}.npy"
@@ -91,13 +94,8 @@ class Features:
     spot_checked: int = 0  # cache hits recomputed through VGG16 and found equal
 
 
-# A cache entry and its image's features recomputed now agree to float noise (batching and
-# kernel order change the last digits); anything further apart is not that image's features.
-SPOT_CHECK_TOLERANCE = 1e-3
-
-
 def spot_check(images: ImageSet, base: BaseModel, vectors: np.ndarray, hits: np.ndarray,
-               count: int, batch_size: int) -> int:
+               count: int, batch_size: int, precision: str = "float32") -> int:
     """Recompute `count` randomly chosen cache hits (a new choice every run) and compare.
     Whoever can write the cache could store other images' features under these images'
     keys; a sampled mismatch stops the run (exit 4) before anything is trained on them."""
@@ -105,7 +103,8 @@ def spot_check(images: ImageSet, base: BaseModel, vectors: np.ndarray, hits: np.
         return 0
     rng = np.random.default_rng()  # unseeded on purpose: an attacker cannot predict it
     sample = np.sort(rng.choice(hits, size=min(count, len(hits)), replace=False))
-    extract = feature_function(base)
+    extract = feature_function(base, precision)
+    tolerance = FEATURE_TOLERANCE[precision]  # a recomputation agrees to this much
     bad = []
     for local_idx, batch in image_batches(take(images.contents, sample),
                                           preprocess_image_bytes, batch_size):
@@ -113,7 +112,7 @@ def spot_check(images: ImageSet, base: BaseModel, vectors: np.ndarray, hits: np.
         fresh = extract(batch).numpy()
         for row, vector in zip(rows, fresh, strict=True):
             scale = max(float(np.abs(vector).max()), 1.0)
-            if float(np.abs(vectors[row] - vector).max()) > SPOT_CHECK_TOLERANCE * scale:
+            if float(np.abs(vectors[row] - vector).max()) > tolerance * scale:
                 bad.append(images.paths[row])
     if bad:
         raise GateNotMet(
@@ -198,17 +197,19 @@ def extract_features(images: ImageSet, base: BaseModel, cache: FeatureCache | No
     vectors = np.zeros((n, FEATURE_DIM), dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
 
+    precision = cache.precision if cache else "float32"
     cached = cache.get_many(sorted(set(images.sha256))) if cache else {}
     for i, digest in enumerate(images.sha256):
         if digest in cached:
             vectors[i], ok[i] = cached[digest], True
     from_cache = int(ok.sum())
-    checked = spot_check(images, base, vectors, np.flatnonzero(ok), spot_checks, batch_size)
+    checked = spot_check(images, base, vectors, np.flatnonzero(ok), spot_checks, batch_size,
+                         precision)
 
     todo = np.flatnonzero(~ok)
     computed = 0
     if len(todo):
-        extract = feature_function(base)
+        extract = feature_function(base, precision)
         pipeline = image_batches(take(images.contents, todo), preprocess_image_bytes,
                                  batch_size)
         bar = tqdm(total=len(todo), desc="extracting fc2 features", unit="img", disable=quiet)
@@ -231,6 +232,23 @@ def extract_features(images: ImageSet, base: BaseModel, cache: FeatureCache | No
     usable = _drop_undecodable(images, ok)
     return Features(usable, vectors[ok], from_cache, computed, time.perf_counter() - start,
                     checked)
+
+
+def float32_features(contents: Sequence[bytes], base: BaseModel, batch_size: int
+                     ) -> np.ndarray:
+    """fc2 features in float32, the arithmetic of the exported graph, for images known to
+    decode (rows in order): the cross-check's reference and the test set's."""
+    extract = feature_function(base, "float32")
+    rows = [(idx, extract(batch).numpy())
+            for idx, batch in image_batches(contents, preprocess_image_bytes, batch_size)]
+    vectors = np.zeros((len(contents), FEATURE_DIM), dtype=np.float32)
+    done = 0
+    for idx, feats in rows:
+        vectors[idx] = feats
+        done += len(idx)
+    if done != len(contents):
+        raise RuntimeError(f"{len(contents) - done} images no longer decode")
+    return vectors
 
 
 def decodable(images: ImageSet, batch_size: int) -> ImageSet:

@@ -20,8 +20,15 @@ from contract.storage import LocalLocation, open_location
 from trainer.config import TrainConfig
 from trainer.data import ImageSet, check_class_sizes, load_images, split_with_test
 from trainer.export import export_saved_model
-from trainer.features import FeatureCache, decodable, extract_features, take
+from trainer.features import (
+    FeatureCache,
+    decodable,
+    extract_features,
+    float32_features,
+    take,
+)
 from trainer.model import BaseModel, build_base, full_model
+from trainer.precision import FEATURE_TOLERANCE
 from trainer.preprocessing import IMAGE_SIZE, PREPROCESSING, PREPROCESSING_VERSION
 from trainer.publish import publish
 from trainer.report import (
@@ -43,10 +50,10 @@ from trainer.train import (
 
 log = logging.getLogger(__name__)
 REPORT_SUBDIR = "assets.extra/report"
-# The exported graph, fed the validation images' bytes, must give the probabilities the head
-# gave on their cached features, to within float noise (batching, kernel order).
-CROSS_CHECK_TOLERANCE = 1e-3
-CROSS_CHECK_BATCH = 16
+# The exported graph, fed images' bytes, gives the trained head's probabilities on their
+# float32 features to within float noise (batching, kernel order); checked on this many.
+EXPORT_TOLERANCE = 1e-3
+EXPORT_CHECK_IMAGES = 16
 
 
 @dataclass
@@ -88,7 +95,8 @@ def run(config: TrainConfig) -> JobResult:
     t = started
     # Before any image is read (the CLI has already run trainer.preflight): a GPU run on a
     # node where TensorFlow sees none stops here.
-    runtime = configure(config.require_gpu)
+    runtime = configure(config.require_gpu,
+                        precision=config.precision if config.cache is not None else "float32")
     images = load_images(config.data, quiet=config.quiet)
     t = lap("read_images", t)
     base = build_base(config.weights, config.seed)
@@ -96,7 +104,8 @@ def run(config: TrainConfig) -> JobResult:
 
     from_cache = computed = spot_checked = 0
     if config.cache is not None:
-        cache = FeatureCache(open_location(config.cache), base.weights_sha256)
+        cache = FeatureCache(open_location(config.cache), base.weights_sha256,
+                             runtime.precision)
         features = extract_features(images, base, cache, config.batch_size, config.quiet,
                                     spot_checks=config.cache_check)
         images, vectors = features.images, features.vectors
@@ -144,14 +153,20 @@ def run(config: TrainConfig) -> JobResult:
         "images": _image_counts(images, train, val, test),
         "skipped": [{"path": s.path, "reason": s.reason} for s in images.skipped],
         "features": {"cache": config.cache, "from_cache": from_cache, "computed": computed,
-                     "spot_checked": spot_checked},
+                     "spot_checked": spot_checked, "precision": runtime.precision,
+                     "precision_from": runtime.precision_from},
         "timings_s": timings,
         "runtime": {"devices": runtime.devices, "threads": runtime.threads},
     }
     if len(test):  # held out of training and validation: the seed recipe's test metrics
-        probabilities = predict_features(fit.head, vectors[test], config.batch_size) \
-            if config.cache is not None else predict_images(
-                base, fit.head, list(take(images.contents, test)), config.batch_size)
+        # Scored in float32, as the exported graph (TF Serving) will score them.
+        if config.cache is None:
+            probabilities = predict_images(base, fit.head, list(take(images.contents, test)),
+                                           config.batch_size)
+        else:
+            test_vectors = vectors[test] if runtime.precision == "float32" else \
+                float32_features(take(images.contents, test), base, config.batch_size)
+            probabilities = predict_features(fit.head, test_vectors, config.batch_size)
         tested = classification_metrics(images.classes, images.labels[test], probabilities)
         tested["loss"] = _cross_entropy(probabilities, images.labels[test])
         metrics["test"] = tested
@@ -191,7 +206,9 @@ def run(config: TrainConfig) -> JobResult:
             plots.result()
         t = lap("export", t)
         if config.cache is not None:
-            cross_check(serve, take(images.contents, val), fit.val_probabilities)
+            metrics["cross_check"] = cross_check(
+                serve, base, fit.head, take(images.contents, val), vectors[val],
+                images.labels[val], runtime.precision, config.batch_size)
             t = lap("cross_check", t)
         timings["total_before_publish"] = round(t - started, 3)
         write_metrics(report_dir, metrics)
@@ -209,7 +226,8 @@ def run(config: TrainConfig) -> JobResult:
         manifest = build_manifest(
             model_name=config.model_name, version=version, classes=images.classes,
             base_model={"name": "vgg16", "weights": config.weights,
-                        "weights_sha256": base.weights_sha256},
+                        "weights_sha256": base.weights_sha256,
+                        "feature_precision": runtime.precision},
             input_spec={"image_size": list(IMAGE_SIZE), "preprocessing": PREPROCESSING,
                         "preprocessing_version": PREPROCESSING_VERSION},
             metrics={"val_accuracy": validation["accuracy"], "val_loss": validation["loss"],
@@ -227,28 +245,50 @@ def run(config: TrainConfig) -> JobResult:
     return result
 
 
-def cross_check(serve, val_bytes, expected: np.ndarray) -> None:
-    """Score the validation images from their bytes through the exported graph and compare
-    with what the head gave on their features. The features came from the cache, which
-    anyone with write access to it can fill: a poisoned or stale entry shows up here as a
-    disagreement, and the run stops (exit 4) before anything is published."""
+def cross_check(serve, base: BaseModel, head, val_contents, cached: np.ndarray,
+                labels: np.ndarray, precision: str, batch_size: int) -> dict:
+    """Before publishing: are the validation images' cached features theirs, and does the
+    exported graph give the trained head's scores?
+
+    The features came from the cache, which anyone with write access to it can fill: each
+    validation image goes through VGG16 again, in float32 (the exported graph's arithmetic),
+    and must match its entry to within the feature pass's precision (trainer.precision); a
+    poisoned or stale entry stops the run (exit 4). The exported graph, fed the first images'
+    bytes, must then give the head's probabilities on those float32 features to 1e-3. The
+    head's accuracy on them is what TF Serving will answer for the validation images."""
     import tensorflow as tf
 
-    got = np.concatenate([  # a batch of images in memory at a time
-        serve(tf.constant(val_bytes[i:i + CROSS_CHECK_BATCH]))["scores"].numpy()
-        for i in range(0, len(val_bytes), CROSS_CHECK_BATCH)]) if len(val_bytes) else expected
-    diff = np.abs(got - expected).max(axis=1) if len(expected) else np.zeros(0)
-    bad = int((diff > CROSS_CHECK_TOLERANCE).sum())
-    if bad:
+    from trainer.train import predict_features
+
+    n = len(cached)
+    fresh = float32_features(val_contents, base, batch_size)
+    scale = np.maximum(np.abs(fresh).max(axis=1), 1.0) if n else np.ones(0)
+    apart = np.abs(cached - fresh).max(axis=1) / scale if n else np.zeros(0)
+    tolerance = FEATURE_TOLERANCE[precision]
+    if (bad := int((apart > tolerance).sum())):
         raise GateNotMet(
-            f"the exported model disagrees with the cached features on {bad} of "
-            f"{len(expected)} validation images (largest difference {diff.max():.3g}): the "
-            "feature cache holds entries that are not these images' features (written by "
-            "someone else, or stale); nothing published. Run with a fresh --cache to "
-            "recompute them")
-    log.info("cross-check: the exported graph gives the cached-feature predictions on all "
-             "%d validation images (largest difference %.2g)", len(expected),
-             float(diff.max()) if len(diff) else 0.0)
+            f"the cached features of {bad} of {n} validation images are not their images' "
+            f"features (largest difference {apart.max():.3g} of the vector's scale, "
+            f"{tolerance:g} allowed for {precision}): the feature cache holds entries "
+            "written by someone else, or stale ones; nothing published. Run with a fresh "
+            "--cache to recompute them")
+    probabilities = predict_features(head, fresh, batch_size) if n else np.zeros((0, 1))
+    k = min(EXPORT_CHECK_IMAGES, n)
+    exported = serve(tf.constant(list(val_contents[:k])))["scores"].numpy() if k else \
+        probabilities[:0]
+    off = float(np.abs(exported - probabilities[:k]).max()) if k else 0.0
+    if off > EXPORT_TOLERANCE:
+        raise GateNotMet(
+            f"the exported model's scores differ from the trained head's by {off:.3g} on "
+            f"{k} validation images ({EXPORT_TOLERANCE:g} allowed); nothing published")
+    served = float((probabilities.argmax(axis=1) == labels).mean()) if n else 0.0
+    log.info("cross-check: the %d validation images' %s features match their images (largest "
+             "difference %.2g of scale); the exported graph gives the head's scores (%.2g "
+             "apart on %d); served validation accuracy %.4f", n, precision,
+             float(apart.max()) if n else 0.0, off, k, served)
+    return {"images": n, "features_largest_difference": float(apart.max()) if n else 0.0,
+            "features_tolerance": tolerance, "export_checked": k,
+            "export_largest_difference": off, "served_val_accuracy": served}
 
 
 def _copy_report(report_dir: Path, destination: str | None) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from contract.errors import InputError, StorageError
+from trainer.precision import KERAS_POLICY
 from trainer.preflight import check_weights_file
 from trainer.preprocessing import IMAGE_SIZE
 
@@ -149,12 +150,29 @@ def compile_for_training(model: keras.Model, learning_rate: float) -> None:
                   loss="categorical_crossentropy", metrics=["accuracy"])
 
 
-def feature_function(base: BaseModel):
-    """A traced-once function for feature extraction (fixed signature: no retracing)."""
+def feature_function(base: BaseModel, precision: str = "float32"):
+    """A traced-once function for feature extraction (fixed signature: no retracing), in
+    `precision` (trainer.precision); it returns float32 features either way.
+
+    For bfloat16 the layers compute under Keras' `mixed_bfloat16` policy while the function
+    is traced, and are put back to float32 right after: the traced graph keeps bfloat16
+    arithmetic, the weights stay shared and float32, and the model exported later computes
+    in float32."""
     spec = tf.TensorSpec([None, *IMAGE_SIZE, 3], tf.float32)
 
     @tf.function(input_signature=[spec])
     def extract(images):
-        return base.features(images, training=False)
+        return tf.cast(base.features(images, training=False), tf.float32)
 
+    if precision == "float32":
+        return extract
+    layers = [base.features, *base.features.layers]
+    saved = [layer.dtype_policy for layer in layers]
+    try:
+        for layer in layers:
+            layer.dtype_policy = KERAS_POLICY[precision]
+        extract.get_concrete_function()  # traced now, with the bfloat16 policy
+    finally:
+        for layer, policy in zip(layers, saved, strict=True):
+            layer.dtype_policy = policy
     return extract

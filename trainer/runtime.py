@@ -42,13 +42,19 @@ class Runtime:
     devices: list[str]  # e.g. ["CPU:0", "GPU:0"]
     threads: int | None  # TensorFlow's intra/inter-op pool size, None: TensorFlow's default
     threads_from: str
+    precision: str = "float32"  # the feature pass's (trainer.precision)
+    precision_from: str = "default"
 
 
-def configure(require_gpu: bool, cgroup_root: Path = CGROUP_ROOT) -> Runtime:
-    """Size TensorFlow's thread pools to the CPU limit, list the devices, and refuse to run
-    on the CPU when a GPU was required (a CUDA mismatch otherwise trains on CPU silently).
+def configure(require_gpu: bool, cgroup_root: Path = CGROUP_ROOT,
+              precision: str = "float32") -> Runtime:
+    """Size TensorFlow's thread pools to the CPU limit, list the devices, refuse to run on
+    the CPU when a GPU was required (a CUDA mismatch otherwise trains on CPU silently), and
+    resolve the feature pass's precision (`auto`: per device, trainer.precision).
     Must run before TensorFlow executes its first op."""
     import tensorflow as tf
+
+    from trainer.precision import choose, cpu_flags
 
     cores = os.cpu_count() or 1
     limit = cgroup_cpu_limit(cgroup_root)
@@ -69,4 +75,8 @@ def configure(require_gpu: bool, cgroup_root: Path = CGROUP_ROOT) -> Runtime:
             "--require-gpu: TensorFlow sees no GPU (devices: " + ", ".join(devices) + "); "
             "check the NVIDIA driver and CUDA libraries against TensorFlow "
             f"{tf.__version__}'s, or run without --require-gpu to train on the CPU")
-    return Runtime(devices, threads, source)
+    capabilities = [tf.config.experimental.get_device_details(d).get("compute_capability")
+                    for d in tf.config.list_physical_devices("GPU")]
+    chosen, why = choose(precision, capabilities, cpu_flags())
+    log.info("feature pass precision: %s (%s)", chosen, why)
+    return Runtime(devices, threads, source, chosen, why)

@@ -1,6 +1,6 @@
 """`make bench`: performance figures, each a ratio measured side by side in one run.
 
-    python -m tests.benchmarks.run [--quick] [--onednn] [--signing DIR] [--scale]
+    python -m tests.benchmarks.run [--quick] [--onednn] [--signing DIR] [--scale] [--precision]
 
 Prints a table (figure, value, target, met) and writes .bench/results.json. Not part of
 `make test`: timings belong here, never in assertions. --quick shrinks the workloads to
@@ -61,8 +61,10 @@ def trainer(*args: str) -> float:
 # 1-3: training
 
 def bench_training(data: Path, epochs: int, repeats: int) -> tuple[list[Figure], Path]:
+    # float32, like --no-cache and the bare model below: these figures compare the pipelines,
+    # not the arithmetic (--precision compares that).
     common = ["train", "--data", str(data), "--model-name", "bench", "--weights", "none",
-              "--epochs", str(epochs), "--quiet"]
+              "--epochs", str(epochs), "--precision", "float32", "--quiet"]
     cold, warm, features = [], [], []
     output = WORK / "models"
     for i in range(repeats):
@@ -147,7 +149,8 @@ def bench_onednn(data: Path) -> list[Figure]:
         report = WORK / f"report-onednn-{i}"
         subprocess.run([sys.executable, "-m", "trainer", "train", "--data", str(data),
                         "--model-name", "onednn", "--weights", "none", "--epochs", "1",
-                        "--quiet", "--output", str(WORK / "models-onednn"),
+                        "--precision", "float32", "--quiet",
+                        "--output", str(WORK / "models-onednn"),
                         "--cache", str(WORK / f"cache-onednn-{i}"), "--report-dir", str(report)],
                        env={**ENV, "TF_ENABLE_ONEDNN_OPTS": setting}, cwd=REPO, check=True,
                        stdout=subprocess.DEVNULL)
@@ -482,6 +485,63 @@ def bench_scale(sizes: tuple[int, int]) -> list[Figure]:
                    f"{per_image / mean_mb:.1f}x in memory")]
 
 
+def cached_features(cache: Path) -> dict:
+    """Every entry of a feature cache folder, by image hash."""
+    import numpy as np
+
+    return {f.stem: np.load(f) for f in cache.rglob("*.npy")}
+
+
+def bench_precision(classes: int, per_class: int, epochs: int) -> list[Figure]:
+    """The feature pass in float32 and in bfloat16 on the same images (alternating runs, a
+    cold cache each): its speed, the features' difference, and the validation accuracy of
+    the head trained on each, also as the exported float32 graph scores it."""
+    import numpy as np
+
+    data = WORK / f"precision-data-{classes}x{per_class}"
+    subprocess.run([sys.executable, "-m", "trainer", "sample-data", "--output", str(data),
+                    "--classes", str(classes), "--per-class", str(per_class), "--seed", "7",
+                    "--quiet"], env=ENV, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    runs = {"float32": [], "bfloat16": []}
+    for i, precision in enumerate(["float32", "bfloat16", "float32", "bfloat16"]):
+        report = WORK / f"report-precision-{i}"
+        trainer("train", "--data", str(data), "--model-name", f"precision{i}", "--weights",
+                "none", "--epochs", str(epochs), "--precision", precision, "--quiet",
+                "--output", str(WORK / "models-precision"), "--cache",
+                str(WORK / f"cache-precision-{i}"), "--report-dir", str(report))
+        m = json.loads((report / "metrics.json").read_text())
+        runs[precision].append(m)
+        log(f"{precision}: feature pass {m['timings_s']['features']:.1f} s for "
+            f"{m['features']['computed']} images; val accuracy "
+            f"{m['validation']['accuracy']:.4f} (exported graph: "
+            f"{m['cross_check']['served_val_accuracy']:.4f})")
+    seconds = {p: statistics.median(r["features"]["computed"] / r["timings_s"]["features"]
+                                    for r in rs) for p, rs in runs.items()}
+    accuracy = {p: [r["validation"]["accuracy"] for r in rs] for p, rs in runs.items()}
+    served = [r["cross_check"]["served_val_accuracy"] for r in runs["bfloat16"]]
+    val_images = runs["float32"][0]["images"]["val"]
+    fp32, bf16 = cached_features(WORK / "cache-precision-0"), \
+        cached_features(WORK / "cache-precision-1")
+    rel = [float(np.abs(bf16[k] - v).sum() / max(np.abs(v).sum(), 1e-12))
+           for k, v in fp32.items()]
+    speedup = seconds["bfloat16"] / seconds["float32"]
+    drop = statistics.mean(accuracy["float32"]) - statistics.mean(accuracy["bfloat16"])
+    return [
+        Figure("feature pass: bfloat16 / float32 images per second", speedup, "(reported)",
+               True, f"float32 {seconds['float32']:.1f} img/s vs bfloat16 "
+               f"{seconds['bfloat16']:.1f} img/s (medians of 2, alternating, cold caches); "
+               f"{len(fp32)} images, batch 32"),
+        Figure("fc2 features: bfloat16 vs float32, mean relative difference (%)",
+               100 * statistics.mean(rel), "(reported)", True,
+               f"over {len(rel)} images; largest {100 * max(rel):.2f}%"),
+        Figure("validation accuracy: float32 - bfloat16 (points)", 100 * drop,
+               f"<= {100 / val_images:.1f} (one image)", drop <= 1 / val_images + 1e-9,
+               f"float32 {accuracy['float32']} vs bfloat16 {accuracy['bfloat16']} on "
+               f"{val_images} images ({classes} classes); the bfloat16 head through the "
+               f"exported float32 graph: {served}"),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -491,6 +551,9 @@ def main() -> int:
     parser.add_argument("--scale", action="store_true",
                         help="only peak memory of train at two dataset sizes (120 and 480 "
                              "photos of ~1 MB; ~10 min)")
+    parser.add_argument("--precision", action="store_true",
+                        help="only the feature pass in float32 vs bfloat16: speed, features "
+                             "and validation accuracy (8 classes x 25 images; ~5 min)")
     parser.add_argument("--signing", metavar="VERSION_DIR", type=Path,
                         help="only measure signing and verification on this version folder")
     args = parser.parse_args()
@@ -509,6 +572,8 @@ def main() -> int:
         figures = bench_signing(args.signing.absolute(), 3)
     elif args.scale:
         figures = bench_scale((12, 48) if args.quick else (120, 480))
+    elif args.precision:
+        figures = bench_precision(*((3, 6, 2) if args.quick else (8, 25, 10)))
     elif args.onednn:
         figures = bench_onednn(data)
     else:

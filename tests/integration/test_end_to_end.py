@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.s3]
 def train(published_s3, models: str, version: int) -> None:
     run_cli("trainer", "train", "--data", published_s3["data"], "--output", models,
             "--model-name", "demo", "--weights", "none", "--cache", published_s3["cache"],
-            "--version", str(version), "--quiet", check=True)
+            "--precision", "float32", "--version", str(version), "--quiet", check=True)
 
 
 def wait_for(condition, timeout: float = 180) -> None:

@@ -32,7 +32,8 @@ def extract(data: str, cache: str, index: int, *more: str) -> subprocess.Popen:
 def summary(proc: subprocess.Popen) -> dict[str, int]:
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
-    m = re.fullmatch(r"shard (\d)/3: (\d+) images, features (\d+) cached / (\d+) computed, "
+    m = re.fullmatch(r"shard (\d)/3: (\d+) images, features (\d+) cached / (\d+) computed "
+                     r"\(\w+\), "
                      r"(\d+) skipped; [\d.]+ s\n", out)
     assert m, out
     return dict(zip(("index", "images", "cached", "computed", "skipped"),

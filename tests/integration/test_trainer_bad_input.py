@@ -181,6 +181,18 @@ def test_cache_and_no_cache_exclude_each_other(tmp_path, small_data):
     assert "--cache and --no-cache exclude each other" in result.stderr
 
 
+def test_bfloat16_needs_the_cached_feature_pass(tmp_path, small_data):
+    args = ["--data", str(small_data), "--output", str(tmp_path / "models"), "--model-name",
+            "m", "--no-cache"]
+    result = train(*args, "--precision", "bfloat16")
+    assert result.exit_code == 2
+    assert "--precision bfloat16 applies to the cached feature pass; --no-cache trains the " \
+        "whole network in float32" in error_line(result)
+    result = train(*common(tmp_path, small_data), "--precision", "float16")
+    assert result.exit_code == 2 and "'float16' is not one of" in result.stderr
+    assert not (tmp_path / "models").exists()
+
+
 def test_accuracy_gate_publishes_nothing_and_exits_4(tmp_path):
     # Both classes hold the very same images: no model can beat 50% on them.
     data = tmp_path / "data"
@@ -198,8 +210,8 @@ def test_accuracy_gate_publishes_nothing_and_exits_4(tmp_path):
 
 def test_a_poisoned_feature_cache_is_caught_before_publishing(tmp_path):
     """Whoever can write the shared cache can store one image's features under another's
-    key. The validation images, scored from their bytes through the exported graph, then
-    disagree with their cached features: exit 4, nothing published."""
+    key. The validation images, run through VGG16 again from their bytes, then disagree
+    with their cached features: exit 4, nothing published."""
     import hashlib
 
     data = tmp_path / "data"
@@ -224,8 +236,8 @@ def test_a_poisoned_feature_cache_is_caught_before_publishing(tmp_path):
     second = train(*args, "--version", "2", "--cache-check", "0")  # the cross-check alone
     assert second.exit_code == 4, second.output
     line = error_line(second)
-    assert f"the exported model disagrees with the cached features on {len(val)} of " \
-           f"{len(val)} validation images" in line and "nothing published" in line
+    assert f"the cached features of {len(val)} of {len(val)} validation images are not " \
+           "their images' features" in line and "nothing published" in line
     assert sorted(p.name for p in (tmp_path / "models" / "m").iterdir()) == ["1"]
     # A fresh cache recomputes them, and the run publishes.
     fresh = train(*[a if a != str(tmp_path / "cache") else str(tmp_path / "cache2")

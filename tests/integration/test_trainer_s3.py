@@ -47,6 +47,7 @@ def test_second_run_takes_every_feature_from_the_cache(published_s3):
     proc = run_cli("trainer", "train", "--data", published_s3["data"],
                    "--output", models, "--model-name", "demo",
                    "--weights", "none", "--cache", published_s3["cache"], "--version", "2",
+                   "--precision", "float32",
                    "--quiet", check=True)
     assert "features 100 cached / 0 computed" in proc.stdout
     # No key: published unsigned, and the summary line says so.
@@ -56,8 +57,21 @@ def test_second_run_takes_every_feature_from_the_cache(published_s3):
         f.path for f in read_manifest(published_s3["version_uri"]).files}
     metrics = json.loads(open_location(models).read_bytes(
         "demo/2/assets.extra/report/metrics.json"))
-    assert metrics["features"] == {"cache": published_s3["cache"], "from_cache": 100,
-                                   "computed": 0, "spot_checked": 8}
+    features = metrics["features"]
+    first_features = json.loads(open_location(published_s3["version_uri"]).read_bytes(
+        "assets.extra/report/metrics.json"))["features"]
+    assert features.pop("precision") == first_features["precision"] == "float32"
+    assert features.pop("precision_from") == first_features["precision_from"] == "--precision"
+    assert features == {"cache": published_s3["cache"], "from_cache": 100, "computed": 0,
+                        "spot_checked": 8}
+    # Before publishing, the 20 validation images went through VGG16 again (float32, as
+    # served): their cached features are theirs, and the exported graph gives the head's
+    # scores on the first 16 of them; the accuracy TF Serving will answer is recorded.
+    check = metrics["cross_check"]
+    assert check["images"] == 20 and check["export_checked"] == 16
+    assert check["features_largest_difference"] <= check["features_tolerance"]
+    assert check["export_largest_difference"] <= 1e-3
+    assert abs(check["served_val_accuracy"] - metrics["validation"]["accuracy"]) <= 0.05
     # Same images, same weights, same seed: the same model.
     first, second = read_manifest(published_s3["version_uri"]), read_manifest(
         f"{models}/demo/2")
