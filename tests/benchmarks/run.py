@@ -1,6 +1,7 @@
 """`make bench`: performance figures, each a ratio measured side by side in one run.
 
     python -m tests.benchmarks.run [--quick] [--onednn] [--signing DIR] [--scale] [--precision]
+                                   [--extraction]
 
 Prints a table (figure, value, target, met) and writes .bench/results.json. Not part of
 `make test`: timings belong here, never in assertions. --quick shrinks the workloads to
@@ -95,6 +96,18 @@ def bench_training(data: Path, epochs: int, repeats: int) -> tuple[list[Figure],
                f"warm median {warm_m:.1f} s vs cold {cold_m:.1f} s; 0 features computed"),
     ]
     return figures, statistics.median(features)
+
+
+def extraction_seconds(data: Path, run: int) -> float:
+    """The feature pass of one cold-cache `trainer train` (float32, like the bare model)."""
+    report = WORK / f"report-extraction-{run}"
+    trainer("train", "--data", str(data), "--model-name", "extraction", "--weights", "none",
+            "--epochs", "1", "--precision", "float32", "--quiet", "--output",
+            str(WORK / "models-extraction"), "--cache", str(WORK / f"cache-extraction-{run}"),
+            "--report-dir", str(report))
+    seconds = json.loads((report / "metrics.json").read_text())["timings_s"]["features"]
+    log(f"trainer extraction, cold cache: {seconds:.1f} s")
+    return seconds
 
 
 BARE_PREDICT = r"""
@@ -551,6 +564,9 @@ def main() -> int:
     parser.add_argument("--scale", action="store_true",
                         help="only peak memory of train at two dataset sizes (120 and 480 "
                              "photos of ~1 MB; ~10 min)")
+    parser.add_argument("--extraction", action="store_true",
+                        help="only the trainer's feature pass against the bare model on the "
+                             "same images (two cold runs and one bare pass; ~3 min)")
     parser.add_argument("--precision", action="store_true",
                         help="only the feature pass in float32 vs bfloat16: speed, features "
                              "and validation accuracy (8 classes x 25 images; ~5 min)")
@@ -572,6 +588,9 @@ def main() -> int:
         figures = bench_signing(args.signing.absolute(), 3)
     elif args.scale:
         figures = bench_scale((12, 48) if args.quick else (120, 480))
+    elif args.extraction:
+        figures = [bench_extraction(data, statistics.median(
+            extraction_seconds(data, i) for i in range(1 if args.quick else 2)), 1)]
     elif args.precision:
         figures = bench_precision(*((3, 6, 2) if args.quick else (8, 25, 10)))
     elif args.onednn:
