@@ -108,9 +108,9 @@ def pytest_runtest_makereport(item, call):
 
 
 # Seconds each slow module of tests/integration/ took on 2 cores (summed per module).
-# Under pytest-xdist (make test: -n 2 --dist loadfile) modules are handed to the workers in
-# collection order, so the slowest go first and the short ones fill the end: neither worker
-# is left alone with a two-minute module at the end of the run. Modules not named here
+# Under pytest-xdist (make test: -n 2 --dist loadgroup) groups of modules are handed to the
+# workers in collection order, so the slowest go first and the short ones fill the end:
+# neither worker is left alone with a two-minute module at the end of the run. Modules not named here
 # take a few seconds. Only the order changes, never what runs.
 MODULE_SECONDS = {
     "test_lifecycle": 200, "test_load": 140, "test_serving_lifecycle": 130,
@@ -124,13 +124,30 @@ MODULE_SECONDS = {
 }
 
 
-def pytest_collection_modifyitems(config, items):
-    """The slowest modules first (see MODULE_SECONDS); tests keep their order within one."""
-    def weight(item) -> int:
-        slow = item.path.parent.name == "integration"  # every module named is one of these
-        return -MODULE_SECONDS.get(item.path.stem, 0) if slow else 0
+# Session fixtures worth building once per run rather than once per xdist worker: every
+# module with a test that uses one runs on the same worker (make test: --dist loadgroup,
+# with a group per module otherwise, which is --dist loadfile). published_s3 is a full
+# training run against the store (about a minute and a half on 2 cores).
+SHARED_FIXTURES = ("published_s3",)
 
-    items.sort(key=weight)  # stable: a module's tests stay together and in order
+
+def pytest_collection_modifyitems(config, items):
+    """Each module is a group of its own, or the group of the shared fixture one of its tests
+    uses; the slowest groups first (see MODULE_SECONDS); tests keep their order within one."""
+    group_of = {}
+    for item in items:
+        shared = [f for f in SHARED_FIXTURES if f in getattr(item, "fixturenames", ())]
+        if shared or item.path not in group_of:
+            group_of[item.path] = shared[0] if shared else str(item.path)
+    seconds: dict[str, int] = {}
+    for path, group in group_of.items():
+        slow = path.parent.name == "integration"  # every module named is one of these
+        seconds[group] = seconds.get(group, 0) + (MODULE_SECONDS.get(path.stem, 0) if slow
+                                                  else 0)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group_of[item.path]))
+    # Stable: a group's tests stay together (by module) and in order.
+    items.sort(key=lambda item: (-seconds[group_of[item.path]], group_of[item.path]))
 
 
 def unique(prefix: str) -> str:
