@@ -110,8 +110,8 @@ def pytest_runtest_makereport(item, call):
 # Seconds each slow module of tests/integration/ took on 2 cores (summed per module).
 # Under pytest-xdist (make test: -n 2 --dist loadgroup) groups of modules are handed to the
 # workers in collection order, so the slowest go first and the short ones fill the end:
-# neither worker is left alone with a two-minute module at the end of the run. Modules not named here
-# take a few seconds. Only the order changes, never what runs.
+# neither worker is left alone with a two-minute module at the end of the run. Modules not
+# named here take a few seconds. Only the order changes, never what runs.
 MODULE_SECONDS = {
     "test_lifecycle": 200, "test_load": 140, "test_serving_lifecycle": 130,
     "test_reliability": 115, "test_sharded_extract": 110,
