@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # Two workers on two cores: the suite spends much of its time starting processes and waiting
 # on them, so a second worker fills what one leaves idle. Each test module runs whole on one
 # worker, so its module fixtures are made once, and the modules sharing the trained S3 model
-# run on the same one (--dist loadgroup; the groups are set in tests/conftest.py).
+# run on the same one (--dist loadfile, grouped by the scheduler in tests/conftest.py).
 TEST_WORKERS ?= 2
 UV_VERSION := 0.13.8
 
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=20 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=20 $(PYTEST_ARGS)
 
 demo: install
 	$(PY) -m tools.demo

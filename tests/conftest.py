@@ -108,8 +108,8 @@ def pytest_runtest_makereport(item, call):
 
 
 # Seconds each slow module of tests/integration/ took on 2 cores (summed per module).
-# Under pytest-xdist (make test: -n 2 --dist loadgroup) groups of modules are handed to the
-# workers in collection order, so the slowest go first and the short ones fill the end:
+# Under pytest-xdist (make test: -n 2 --dist loadfile) modules are handed to the workers in
+# collection order, so the slowest go first and the short ones fill the end:
 # neither worker is left alone with a two-minute module at the end of the run. Modules not
 # named here take a few seconds. Only the order changes, never what runs.
 MODULE_SECONDS = {
@@ -124,30 +124,58 @@ MODULE_SECONDS = {
 }
 
 
-# Session fixtures worth building once per run rather than once per xdist worker: every
-# module with a test that uses one runs on the same worker (make test: --dist loadgroup,
-# with a group per module otherwise, which is --dist loadfile). published_s3 is a full
-# training run against the store (about a minute and a half on 2 cores).
-SHARED_FIXTURES = ("published_s3",)
+# Session fixtures worth building once per run rather than once per xdist worker, and the
+# modules using them: those modules run on one worker, one after another (make test runs
+# --dist loadfile, with the scheduler below). published_s3 is a full training run against
+# the store (about a minute and a half on 2 cores). Collection checks the list.
+SHARED_FIXTURE_MODULES = {
+    "published_s3": tuple(f"tests/integration/test_{name}.py" for name in
+                          ("end_to_end", "security", "signing", "trainer_s3")),
+}
+GROUP_OF_MODULE = {m: f for f, modules in SHARED_FIXTURE_MODULES.items() for m in modules}
+
+
+def _group(module: str) -> str:
+    """A module's scheduling unit (module: its path in a node id): its shared fixture's
+    group, or the module itself."""
+    return GROUP_OF_MODULE.get(module, module)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile, with the modules of a shared fixture handed out as one unit.
+    (xdist_group marks cannot do it here: pytest 9 ignores the nodeid rewrite they rely on.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid.split("::", 1)[0])
+
+    return ModuleGroups(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Each module is a group of its own, or the group of the shared fixture one of its tests
-    uses; the slowest groups first (see MODULE_SECONDS); tests keep their order within one."""
-    group_of = {}
+    """The slowest units first (modules, or a shared fixture's modules together; see
+    MODULE_SECONDS); tests keep their order within a module. Refuses a module that uses a
+    shared fixture without being listed in SHARED_FIXTURE_MODULES."""
+    def module(item) -> str:
+        return item.nodeid.split("::", 1)[0]
+
     for item in items:
-        shared = [f for f in SHARED_FIXTURES if f in getattr(item, "fixturenames", ())]
-        if shared or item.path not in group_of:
-            group_of[item.path] = shared[0] if shared else str(item.path)
+        for fixture, modules in SHARED_FIXTURE_MODULES.items():
+            if fixture in getattr(item, "fixturenames", ()) and module(item) not in modules:
+                raise pytest.UsageError(f"{module(item)} uses {fixture}: add it to "
+                                        "SHARED_FIXTURE_MODULES in tests/conftest.py")
     seconds: dict[str, int] = {}
-    for path, group in group_of.items():
-        slow = path.parent.name == "integration"  # every module named is one of these
-        seconds[group] = seconds.get(group, 0) + (MODULE_SECONDS.get(path.stem, 0) if slow
-                                                  else 0)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group_of[item.path]))
-    # Stable: a group's tests stay together (by module) and in order.
-    items.sort(key=lambda item: (-seconds[group_of[item.path]], group_of[item.path]))
+    for item in {module(item): item for item in items}.values():
+        slow = item.path.parent.name == "integration"  # every module named is one of these
+        group = _group(module(item))
+        seconds[group] = seconds.get(group, 0) + (MODULE_SECONDS.get(item.path.stem, 0)
+                                                  if slow else 0)
+    # Stable: a unit's modules stay together, each module's tests in order.
+    items.sort(key=lambda item: (-seconds[_group(module(item))], _group(module(item))))
 
 
 def unique(prefix: str) -> str:
