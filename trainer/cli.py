@@ -48,6 +48,17 @@ def _setup_logging(quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def precision_option(note: str):
+    """--precision, as train and extract both take it (`note`: what it means for each)."""
+    return click.option(
+        "--precision", type=click.Choice(PRECISION_CHOICES), default="auto",
+        envvar="PRECISION",
+        help="Arithmetic of the VGG16 feature pass; features are stored as float32 and the "
+             "exported model computes in float32 either way. auto: bfloat16 where the device "
+             "computes it natively (NVIDIA compute capability 8.0+, CPUs with AVX512-BF16 or "
+             f"AMX), else float32. {note}")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"],
                                "show_default": True, "max_content_width": 100})
 def cli() -> None:
@@ -85,12 +96,7 @@ def cli() -> None:
               envvar="CACHE_CHECK",
               help="Cache hits recomputed through VGG16 each run, chosen at random, to catch "
                    "entries that are not their images' features (exit 4). 0: none.")
-@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto",
-              envvar="PRECISION",
-              help="Arithmetic of the VGG16 feature pass; features are stored as float32 "
-                   "and the exported model computes in float32 either way. auto: bfloat16 "
-                   "where the device computes it natively (NVIDIA compute capability 8.0+, "
-                   "CPUs with AVX512-BF16 or AMX), else float32. --no-cache: float32.")
+@precision_option("--no-cache: float32.")
 @click.option("--min-val-accuracy", type=float, default=0.0, envvar="MIN_VAL_ACCURACY",
               help="Publish only if validation accuracy reaches this (else exit 4, "
                    "nothing published).")
@@ -175,13 +181,7 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
               help="As for train (--weights none: the random weights).")
 @click.option("--batch-size", type=int, default=defaults.DEFAULT_BATCH_SIZE,
               envvar="BATCH_SIZE", help="Images per VGG16 call.")
-@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto",
-              envvar="PRECISION",
-              help="Arithmetic of the VGG16 feature pass; features are stored as float32 "
-                   "and the exported model computes in float32 either way. auto: bfloat16 "
-                   "where the device computes it natively (NVIDIA compute capability 8.0+, "
-                   "CPUs with AVX512-BF16 or AMX), else float32. Part of the cache's key: "
-                   "train with the same precision.")
+@precision_option("Part of the cache's key: train with the same precision.")
 @click.option("--require-gpu", is_flag=True, envvar="REQUIRE_GPU",
               help="Fail at once (exit 3) if TensorFlow sees no GPU.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")

@@ -66,6 +66,13 @@ class Contents(Sequence):
         return Contents(self.location, [self.paths[i] for i in idx])
 
 
+def take(contents: Sequence[bytes], idx) -> Sequence[bytes]:
+    """The images at `idx`, still read on demand when `contents` is."""
+    idx = [int(i) for i in idx]
+    return contents.subset(idx) if isinstance(contents, Contents) else \
+        [contents[i] for i in idx]
+
+
 @dataclass
 class ImageSet:
     """The usable images (paths, labels, content hashes); their bytes are read on demand."""
@@ -82,10 +89,9 @@ class ImageSet:
 
     def subset(self, keep: np.ndarray) -> ImageSet:
         idx = [int(i) for i in keep]
-        contents = self.contents.subset(idx) if isinstance(self.contents, Contents) else \
-            [self.contents[i] for i in idx]
         return ImageSet(self.classes, [self.paths[i] for i in idx], self.labels[idx],
-                        contents, [self.sha256[i] for i in idx], list(self.skipped))
+                        take(self.contents, idx), [self.sha256[i] for i in idx],
+                        list(self.skipped))
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(self.classes))

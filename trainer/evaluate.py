@@ -193,7 +193,7 @@ def write_report(folder: Path, metrics: dict, scored: Scored, images: ImageSet) 
 
 
 def _misclassified(scored: Scored, images: ImageSet) -> list[dict]:
-    from trainer.features import take
+    from trainer.data import take
 
     classes = scored.manifest.classes
     out = []

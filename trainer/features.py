@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from contract.errors import GateNotMet
 from contract.storage import TRANSFER_WORKERS, Location
-from trainer.data import Contents, ImageSet, Skipped
+from trainer.data import Contents, ImageSet, Skipped, take
 from trainer.model import FEATURE_DIM, BaseModel, feature_function
 from trainer.precision import FEATURE_TOLERANCE
 from trainer.preprocessing import PREPROCESSING_VERSION, decode_and_resize, preprocess_image_bytes
@@ -103,17 +103,10 @@ def spot_check(images: ImageSet, base: BaseModel, vectors: np.ndarray, hits: np.
         return 0
     rng = np.random.default_rng()  # unseeded on purpose: an attacker cannot predict it
     sample = np.sort(rng.choice(hits, size=min(count, len(hits)), replace=False))
-    extract = feature_function(base, precision)
-    tolerance = FEATURE_TOLERANCE[precision]  # a recomputation agrees to this much
-    bad = []
-    for local_idx, batch in image_batches(take(images.contents, sample),
-                                          preprocess_image_bytes, batch_size):
-        rows = sample[local_idx]
-        fresh = extract(batch).numpy()
-        for row, vector in zip(rows, fresh, strict=True):
-            scale = max(float(np.abs(vector).max()), 1.0)
-            if float(np.abs(vectors[row] - vector).max()) > tolerance * scale:
-                bad.append(images.paths[row])
+    decoded, fresh = recompute(take(images.contents, sample), base, batch_size, precision)
+    rows = sample[decoded]
+    apart = features_apart(vectors[rows], fresh)
+    bad = [images.paths[r] for r in rows[apart > FEATURE_TOLERANCE[precision]]]
     if bad:
         raise GateNotMet(
             f"feature cache spot check: {len(bad)} of {len(sample)} cache entries checked "
@@ -174,13 +167,6 @@ def image_batches(contents: Sequence[bytes], fn, batch_size: int):
         yield idx.numpy(), batch
 
 
-def take(contents: Sequence[bytes], idx) -> Sequence[bytes]:
-    """The images at `idx`, still read on demand when `contents` is."""
-    idx = [int(i) for i in idx]
-    return contents.subset(idx) if isinstance(contents, Contents) else \
-        [contents[i] for i in idx]
-
-
 def _drop_undecodable(images: ImageSet, ok: np.ndarray) -> ImageSet:
     bad = [Skipped(images.paths[i], UNDECODABLE) for i in np.flatnonzero(~ok)]
     kept = images.subset(np.flatnonzero(ok))
@@ -234,20 +220,32 @@ def extract_features(images: ImageSet, base: BaseModel, cache: FeatureCache | No
                     checked)
 
 
+def recompute(contents: Sequence[bytes], base: BaseModel, batch_size: int, precision: str
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the images that decode, their fc2 features computed now in `precision`),
+    to hold cache entries against (the spot check, the cross-check)."""
+    extract = feature_function(base, precision)
+    indices, vectors = [np.zeros(0, np.int64)], [np.zeros((0, FEATURE_DIM), np.float32)]
+    for idx, batch in image_batches(contents, preprocess_image_bytes, batch_size):
+        indices.append(idx)
+        vectors.append(extract(batch).numpy())
+    return np.concatenate(indices), np.concatenate(vectors)
+
+
+def features_apart(stored: np.ndarray, fresh: np.ndarray) -> np.ndarray:
+    """Per image, how far stored features are from freshly computed ones: the largest
+    difference, relative to the fresh vector's scale (its largest value, at least 1)."""
+    scale = np.maximum(np.abs(fresh).max(axis=1, initial=0.0), 1.0)
+    return np.abs(stored - fresh).max(axis=1, initial=0.0) / scale
+
+
 def float32_features(contents: Sequence[bytes], base: BaseModel, batch_size: int
                      ) -> np.ndarray:
     """fc2 features in float32, the arithmetic of the exported graph, for images known to
     decode (rows in order): the cross-check's reference and the test set's."""
-    extract = feature_function(base, "float32")
-    rows = [(idx, extract(batch).numpy())
-            for idx, batch in image_batches(contents, preprocess_image_bytes, batch_size)]
-    vectors = np.zeros((len(contents), FEATURE_DIM), dtype=np.float32)
-    done = 0
-    for idx, feats in rows:
-        vectors[idx] = feats
-        done += len(idx)
-    if done != len(contents):
-        raise RuntimeError(f"{len(contents) - done} images no longer decode")
+    decoded, vectors = recompute(contents, base, batch_size, "float32")
+    if len(decoded) != len(contents):
+        raise RuntimeError(f"{len(contents) - len(decoded)} images no longer decode")
     return vectors
 
 

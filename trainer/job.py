@@ -18,14 +18,14 @@ from contract.names import SIGNATURE_FILE, STAGING_PREFIX
 from contract.signing import SigningKey
 from contract.storage import LocalLocation, open_location
 from trainer.config import TrainConfig
-from trainer.data import ImageSet, check_class_sizes, load_images, split_with_test
+from trainer.data import ImageSet, check_class_sizes, load_images, split_with_test, take
 from trainer.export import export_saved_model
 from trainer.features import (
     FeatureCache,
     decodable,
     extract_features,
+    features_apart,
     float32_features,
-    take,
 )
 from trainer.model import BaseModel, build_base, full_model
 from trainer.precision import FEATURE_TOLERANCE
@@ -262,13 +262,13 @@ def cross_check(serve, base: BaseModel, head, val_contents, cached: np.ndarray,
 
     n = len(cached)
     fresh = float32_features(val_contents, base, batch_size)
-    scale = np.maximum(np.abs(fresh).max(axis=1), 1.0) if n else np.ones(0)
-    apart = np.abs(cached - fresh).max(axis=1) / scale if n else np.zeros(0)
+    apart = features_apart(cached, fresh)
+    largest = float(apart.max(initial=0.0))
     tolerance = FEATURE_TOLERANCE[precision]
     if (bad := int((apart > tolerance).sum())):
         raise GateNotMet(
             f"the cached features of {bad} of {n} validation images are not their images' "
-            f"features (largest difference {apart.max():.3g} of the vector's scale, "
+            f"features (largest difference {largest:.3g} of the vector's scale, "
             f"{tolerance:g} allowed for {precision}): the feature cache holds entries "
             "written by someone else, or stale ones; nothing published. Run with a fresh "
             "--cache to recompute them")
@@ -284,9 +284,9 @@ def cross_check(serve, base: BaseModel, head, val_contents, cached: np.ndarray,
     served = float((probabilities.argmax(axis=1) == labels).mean()) if n else 0.0
     log.info("cross-check: the %d validation images' %s features match their images (largest "
              "difference %.2g of scale); the exported graph gives the head's scores (%.2g "
-             "apart on %d); served validation accuracy %.4f", n, precision,
-             float(apart.max()) if n else 0.0, off, k, served)
-    return {"images": n, "features_largest_difference": float(apart.max()) if n else 0.0,
+             "apart on %d); served validation accuracy %.4f", n, precision, largest, off, k,
+             served)
+    return {"images": n, "features_largest_difference": largest,
             "features_tolerance": tolerance, "export_checked": k,
             "export_largest_difference": off, "served_val_accuracy": served}
 

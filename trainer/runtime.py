@@ -66,8 +66,8 @@ def configure(require_gpu: bool, cgroup_root: Path = CGROUP_ROOT,
             tf.config.threading.set_inter_op_parallelism_threads(threads)
         except RuntimeError:  # a second run in one process: TensorFlow's pools already exist
             threads, source = None, "already set by an earlier run in this process"
-    devices = [d.name.removeprefix("/physical_device:") for d in
-               tf.config.list_physical_devices()]
+    physical = tf.config.list_physical_devices()
+    devices = [d.name.removeprefix("/physical_device:") for d in physical]
     gpus = [d for d in devices if d.startswith("GPU")]
     log.info("devices: %s; threads: %s", ", ".join(devices), source)
     if require_gpu and not gpus:
@@ -76,7 +76,7 @@ def configure(require_gpu: bool, cgroup_root: Path = CGROUP_ROOT,
             "check the NVIDIA driver and CUDA libraries against TensorFlow "
             f"{tf.__version__}'s, or run without --require-gpu to train on the CPU")
     capabilities = [tf.config.experimental.get_device_details(d).get("compute_capability")
-                    for d in tf.config.list_physical_devices("GPU")]
+                    for d in physical if d.device_type == "GPU"]
     chosen, why = choose(precision, capabilities, cpu_flags())
     log.info("feature pass precision: %s (%s)", chosen, why)
     return Runtime(devices, threads, source, chosen, why)
