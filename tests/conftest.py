@@ -107,20 +107,21 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
-# Seconds each slow module of tests/integration/ took on 2 cores (summed per module).
-# Under pytest-xdist (make test: -n 2 --dist loadfile) modules are handed to the workers in
-# collection order, so the slowest go first and the short ones fill the end:
-# neither worker is left alone with a two-minute module at the end of the run. Modules not
-# named here take a few seconds. Only the order changes, never what runs.
+# Seconds each slow module of tests/integration/ took on 2 cores (summed per module, from a
+# full `make test` run). Under pytest-xdist (make test: -n 2 --dist loadfile) each worker
+# takes the next unit as it finishes one, in collection order, so the slowest go first and
+# the short ones fill the end: neither worker is left alone with a two-minute module at the
+# end of the run. Modules not named here take a few seconds. Only the order changes, never
+# what runs.
 MODULE_SECONDS = {
-    "test_lifecycle": 200, "test_load": 140, "test_serving_lifecycle": 130,
-    "test_reliability": 115, "test_sharded_extract": 110,
-    "test_signing": 110, "test_publish_faults": 90, "test_security": 85,
-    "test_end_to_end": 80, "test_trainer_bad_input": 70, "test_trainer_local": 70,
-    "test_fuzz": 65, "test_conformance": 50, "test_serving_grpc": 48, "test_serving_rest": 40,
-    "test_version_skew": 36, "test_quickstart": 36, "test_batch_isolation": 33,
-    "test_newcomer": 29, "test_trainer_s3": 28, "test_container_env": 27,
-    "test_puller": 26, "test_client": 17,
+    "test_lifecycle": 234, "test_reliability": 164, "test_end_to_end": 159,
+    "test_serving_lifecycle": 138, "test_trainer_bad_input": 138, "test_load": 136,
+    "test_trainer_local": 127, "test_sharded_extract": 102, "test_publish_faults": 91,
+    "test_fuzz": 66, "test_serving_rest": 62, "test_serving_grpc": 58, "test_conformance": 55,
+    "test_quickstart": 41, "test_newcomer": 40, "test_trainer_s3": 38,
+    "test_version_skew": 37, "test_store_admin": 36, "test_puller": 33,
+    "test_batch_isolation": 30, "test_container_env": 29, "test_signing": 21,
+    "test_quiet_cli": 16, "test_client": 15,
 }
 
 
@@ -147,6 +148,9 @@ def pytest_xdist_make_scheduler(config, log):
     (xdist_group marks cannot do it here: pytest 9 ignores the nodeid rewrite they rely on.)"""
     if config.getvalue("dist") != "loadfile":
         return None
+    # xdist otherwise re-sorts the units by their number of tests, which would put the
+    # one-test modules (the load test, the end-to-end run) last: keep the order above.
+    config.option.loadscopereorder = False
     from xdist.scheduler import LoadScopeScheduling
 
     class ModuleGroups(LoadScopeScheduling):
