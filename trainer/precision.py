@@ -21,7 +21,8 @@ CHOICES = ("auto", *PRECISIONS)
 KERAS_POLICY = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 # How far two computations of one image's fc2 features may be apart, relative to the
-# vector's largest value, and still be that image's features (the cache spot check): float
+# vector's largest value, and still be that image's features (the cache spot check, and the
+# cross-check of the validation images' entries before publishing): float
 # noise in float32 (batching, kernel order); in bfloat16 also a rounding that differs between
 # kernels and devices (a cache filled on GPUs, checked on a CPU; 1.2% measured here against
 # float32). Another image's features, what a poisoned entry holds, are further apart still.
