@@ -59,6 +59,25 @@ def precision_option(note: str):
              f"AMX), else float32. {note}")
 
 
+def base_model_options(note: str):
+    """--base-model and --weights, as train and extract both take them."""
+    def decorate(command):
+        command = click.option(
+            "--weights", default=None, envvar="WEIGHTS",
+            help="VGG16's weights: 'imagenet', 'none' (random, for tests and offline use), or "
+                 "a Keras .h5/.weights.h5 file (local path or s3://). Only with --base-model "
+                 f"vgg16. [default: imagenet]{note}")(command)
+        return click.option(
+            "--base-model", default=defaults.VGG16, show_default=True, envvar="BASE_MODEL",
+            help="The frozen network the head sits on: 'vgg16', or a Keras model file "
+                 "(.keras, or a whole-model .h5; local path or s3://) with VGG16's "
+                 "interface: one 224x224x3 input taking VGG16-preprocessed images and a "
+                 "layer named fc2, of any width (read from the file). For example a VGG16 "
+                 "you fine-tuned before, or a small VGG16-shaped network for quick runs. The "
+                 "file carries its own weights.")(command)
+    return decorate
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"],
                                "show_default": True, "max_content_width": 100})
 def cli() -> None:
@@ -83,9 +102,7 @@ def cli() -> None:
               envvar="VAL_SPLIT", help="Fraction of each class held out for validation.")
 @click.option("--seed", type=int, default=defaults.DEFAULT_SEED, envvar="SEED",
               help="Seed for the split, the shuffles and the head's initial weights.")
-@click.option("--weights", default="imagenet", envvar="WEIGHTS",
-              help="VGG16 weights: 'imagenet', 'none' (random, for tests and offline use), "
-                   "or a Keras .h5/.weights.h5 file (local path or s3://).")
+@base_model_options("")
 @click.option("--cache", "cache", default=None, envvar="FEATURE_CACHE",
               help="Feature cache location (local folder or s3://). "
                    "[default: the user cache folder]")
@@ -122,10 +139,12 @@ def cli() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.option("--verbose", is_flag=True,
               help="Also show TensorFlow's native start-up and log lines.")
-def train(data, output, model_name, epochs, batch_size, learning_rate, val_split, seed, weights,
-          cache, no_cache, cache_check, precision, min_val_accuracy, test_split, min_test_accuracy,
-          version, report_dir, require_gpu, signing_key, quiet, verbose) -> None:
-    """Train the softmax head on a frozen VGG16 and publish a SavedModel version."""
+def train(data, output, model_name, epochs, batch_size, learning_rate, val_split, seed,
+          base_model, weights, cache, no_cache, cache_check, precision, min_val_accuracy,
+          test_split, min_test_accuracy, version, report_dir, require_gpu, signing_key, quiet,
+          verbose) -> None:
+    """Train the softmax head on a frozen VGG16 (or another --base-model) and publish a
+    SavedModel version."""
     if cache and no_cache:
         raise click.UsageError("--cache and --no-cache exclude each other")
     if not no_cache and cache is None:
@@ -141,7 +160,8 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
 
         config = TrainConfig(data=data, output=output, model_name=model_name, epochs=epochs,
                              batch_size=batch_size, learning_rate=learning_rate,
-                             val_split=val_split, seed=seed, weights=weights,
+                             val_split=val_split, seed=seed, base_model=base_model,
+                             weights=weights,
                              cache=None if no_cache else cache, cache_check=cache_check,
                              precision=precision,
                              min_val_accuracy=min_val_accuracy, test_split=test_split,
@@ -175,8 +195,7 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
               help="Compute shard I of N (0 <= I < N): the images whose path hashes to I. "
                    "[default: JOB_COMPLETION_INDEX/SHARD_COUNT from the environment (a "
                    "Kubernetes Indexed Job), else 0/1, every image]")
-@click.option("--weights", default="imagenet", envvar="WEIGHTS",
-              help="VGG16 weights, as for train (they name the cache's entries).")
+@base_model_options(" As for train: the base and its weights name the cache's entries.")
 @click.option("--seed", type=int, default=defaults.DEFAULT_SEED, envvar="SEED",
               help="As for train (--weights none: the random weights).")
 @click.option("--batch-size", type=int, default=defaults.DEFAULT_BATCH_SIZE,
@@ -187,25 +206,27 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--verbose", is_flag=True,
               help="Also show TensorFlow's native start-up and log lines.")
-def extract(data, cache, shard, weights, seed, batch_size, precision, require_gpu, quiet,
-            verbose) -> None:
+def extract(data, cache, shard, base_model, weights, seed, batch_size, precision, require_gpu,
+            quiet, verbose) -> None:
     """One shard of the feature pass: fill the shared cache with this shard's fc2 features.
 
     Safe to run again after a kill (it computes only what is missing) and beside other
-    shards; a later `train` with the same --data, --cache, --weights and --seed computes
-    none of them."""
+    shards; a later `train` with the same --data, --cache, --base-model, --weights and
+    --seed computes none of them."""
     native_output(verbose)
     _setup_logging(quiet)
     _terminate_on_sigterm()
     try:
+        from trainer.config import resolve_weights
         from trainer.extract import parse_shard, preflight
 
         index, count = parse_shard(shard)
-        preflight(data, cache, weights)
+        weights = resolve_weights(base_model, weights)
+        preflight(data, cache, base_model, weights)
         from trainer.extract import run_extract
 
         r = run_extract(data, cache, index, count, weights, seed, batch_size, quiet,
-                        require_gpu, precision)
+                        require_gpu, precision, base_model)
     except UserError as e:
         _fail(e)
     click.echo(f"shard {r.index}/{r.count}: {r.images} images, features {r.from_cache} "

@@ -21,6 +21,8 @@ DEFAULT_SEED = 0
 DEFAULT_CACHE_CHECK = 8  # a few seconds of VGG16 per run; catches a cache poisoned at scale
 # Model names become URL path segments (/v1/models/<name>) and k8s-friendly labels.
 WEIGHT_FILE_SUFFIXES = (".h5", ".weights.h5", ".hdf5")
+VGG16 = "vgg16"  # --base-model's default (trainer.model builds it)
+BASE_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")  # Keras 3 files, legacy whole-model HDF5
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -34,7 +36,8 @@ class TrainConfig:
     learning_rate: float = DEFAULT_LEARNING_RATE
     val_split: float = DEFAULT_VAL_SPLIT
     seed: int = DEFAULT_SEED
-    weights: str = "imagenet"
+    base_model: str = VGG16  # or a Keras model file with VGG16's interface
+    weights: str | None = None  # VGG16's: None means imagenet; a base file carries its own
     cache: str | None = None  # None: --no-cache, train the notebook's way
     min_val_accuracy: float = 0.0
     test_split: float = 0.0  # 0: no test set (the default, as before)
@@ -48,6 +51,7 @@ class TrainConfig:
     quiet: bool = False
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "weights", resolve_weights(self.base_model, self.weights))
         if not MODEL_NAME_RE.match(self.model_name):
             raise InputError(f"--model-name {self.model_name!r}: use 1-63 letters, digits, '_', "
                              "'.' or '-', starting with a letter or digit")
@@ -74,10 +78,6 @@ class TrainConfig:
              "trains the whole network in float32"),
             (self.version is None or self.version > 0,
              f"--version must be a positive integer, got {self.version}"),
-            (self.weights in ("imagenet", "none") or
-             self.weights.lower().endswith(WEIGHT_FILE_SUFFIXES),
-             f"--weights {self.weights}: expected 'imagenet', 'none', or a Keras weights "
-             f"file ending in {', '.join(WEIGHT_FILE_SUFFIXES)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -88,3 +88,22 @@ class TrainConfig:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def resolve_weights(base_model: str, weights: str | None) -> str | None:
+    """--weights as it applies to --base-model (train and extract alike): VGG16's choice,
+    "imagenet" when none is given; None for a base model file, which carries its own."""
+    if base_model != VGG16:
+        if not base_model.lower().endswith(BASE_FILE_SUFFIXES):
+            raise InputError(f"--base-model {base_model}: expected {VGG16!r} or a Keras model "
+                             f"file ending in {', '.join(BASE_FILE_SUFFIXES)}")
+        if weights is not None:
+            raise InputError(f"--weights {weights}: a --base-model file carries its own "
+                             "weights; --weights applies to --base-model vgg16")
+        return None
+    weights = weights or "imagenet"
+    if weights not in ("imagenet", "none") and \
+            not weights.lower().endswith(WEIGHT_FILE_SUFFIXES):
+        raise InputError(f"--weights {weights}: expected 'imagenet', 'none', or a Keras "
+                         f"weights file ending in {', '.join(WEIGHT_FILE_SUFFIXES)}")
+    return weights

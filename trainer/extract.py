@@ -3,7 +3,7 @@
 The dataset is listed (names only) and each image is assigned to a shard by a hash of its
 path: every shard computes the same assignment, and adding images never moves the others.
 A shard reads only its own images, looks them up in the content-addressed cache, computes
-the missing ones through VGG16 and writes each entry atomically as it comes, so a shard
+the missing ones through the base (VGG16) and writes each entry atomically as it comes, so a shard
 killed mid-way and run again computes only what is still missing, and several shards (the
 indexes of a Kubernetes Indexed Job) can run at once. A later `trainer train` on the same
 data finds every feature in the cache and trains the head on them.
@@ -63,20 +63,19 @@ class ExtractResult:
     precision: str = "float32"
 
 
-def preflight(data: str, cache_uri: str, weights: str) -> None:
-    """Seconds, before TensorFlow: the data is there, the cache writable, the weights found."""
-    from trainer.preflight import about, check_weights_file
+def preflight(data: str, cache_uri: str, base_model: str, weights: str | None) -> None:
+    """Seconds, before TensorFlow: the data is there, the cache writable, the base found."""
+    from trainer.preflight import about, check_base_files
 
     if open_location(data).is_empty():
         raise InputError(f"--data {data}: location does not exist or is empty")
     about("--cache", cache_uri, open_location(cache_uri).check_writable)
-    if weights not in ("imagenet", "none"):
-        check_weights_file(weights)
+    check_base_files(base_model, weights)
 
 
-def run_extract(data: str, cache_uri: str, index: int, count: int, weights: str, seed: int,
-                batch_size: int, quiet: bool = False, require_gpu: bool = False,
-                precision: str = "auto") -> ExtractResult:
+def run_extract(data: str, cache_uri: str, index: int, count: int, weights: str | None,
+                seed: int, batch_size: int, quiet: bool = False, require_gpu: bool = False,
+                precision: str = "auto", base_model: str = "vgg16") -> ExtractResult:
     from trainer.data import load_images
     from trainer.features import FeatureCache, extract_features
     from trainer.model import build_base
@@ -87,8 +86,8 @@ def run_extract(data: str, cache_uri: str, index: int, count: int, weights: str,
     images = load_images(data, quiet=quiet, select=lambda p: shard_of(p, count) == index)
     log.info("shard %d/%d: %d images of %s (%d files skipped)", index, count, len(images),
              data, len(images.skipped))
-    base = build_base(weights, seed)
-    cache = FeatureCache(open_location(cache_uri), base.weights_sha256, runtime.precision)
+    base = build_base(weights, seed, base_model)
+    cache = FeatureCache.of(open_location(cache_uri), base, runtime.precision)
     features = extract_features(images, base, cache, batch_size, quiet)
     usable = features.images
     log.info("shard %d/%d: features %d from cache, %d computed; %d files skipped", index,

@@ -1,8 +1,9 @@
 """fc2 features, computed once per image and kept in a content-addressed cache.
 
-The frozen VGG16 is deterministic, so an image's fc2 features depend only on its bytes, the
+The frozen base is deterministic, so an image's fc2 features depend only on its bytes, the
 weights, the preprocessing and the precision of the pass (trainer.precision). The cache key
-is exactly that: `<cache>/<weights sha256[:16]>-<preprocessing version>-<precision>/
+is exactly that (the weights' fingerprint covers every tensor's shape, so another base is
+another namespace): `<cache>/<weights sha256[:16]>-<preprocessing version>-<precision>/
 <image sha256[:2]>/<image sha256>.npy`; entries are float32 whatever the precision.
 One entry per image, each written atomically, so several workers (for example the shards of
 a Kubernetes Indexed Job) can fill the same cache in parallel and an interrupted run leaves
@@ -34,9 +35,14 @@ UNDECODABLE = "cannot be decoded by TensorFlow (corrupt or truncated)"
 class FeatureCache:
     """Reads and writes fc2 feature vectors keyed by image content."""
 
-    def __init__(self, location: Location, weights_sha256: str, precision: str = "float32"):
+    def __init__(self, location: Location, weights_sha256: str, precision: str = "float32",
+                 feature_dim: int = FEATURE_DIM):
         self.location = location
         self.precision = precision
+        self.feature_dim = feature_dim
+        # Every valid entry has exactly this many bytes: anything else is refused before it
+        # is parsed (a 144-byte .npy may declare a shape of 2**40 and ask NumPy for terabytes).
+        self.entry_bytes = _entry_bytes(feature_dim)
         self.namespace = f"{weights_sha256[:16]}-{PREPROCESSING_VERSION}-{precision}"
 
     def key(self, image_sha256: str) -> str:
@@ -47,7 +53,7 @@ class FeatureCache:
         found = {}
         entries = self.location.read_many([self.key(d) for d in digests])
         for digest, (_, data) in zip(digests, entries, strict=True):
-            vector = _decode_entry(data)
+            vector = self._decode(data)
             if vector is not None:
                 found[digest] = vector
         return found
@@ -58,28 +64,29 @@ class FeatureCache:
         self.location.write_bytes(self.key(image_sha256), buf.getvalue())
 
 
-def _entry_bytes() -> int:
+    @classmethod
+    def of(cls, location: Location, base: BaseModel, precision: str = "float32"
+           ) -> FeatureCache:
+        """The cache of `base`'s features: its weights name the namespace, its fc2 the size."""
+        return cls(location, base.weights_sha256, precision, base.feature_dim)
+
+    def _decode(self, data: bytes | None) -> np.ndarray | None:
+        if data is None or len(data) != self.entry_bytes:
+            return None
+        try:
+            vector = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError):
+            return None
+        if vector.shape != (self.feature_dim,) or vector.dtype != np.float32 or \
+                not np.isfinite(vector).all():
+            return None
+        return vector
+
+
+def _entry_bytes(feature_dim: int) -> int:
     buf = io.BytesIO()
-    np.save(buf, np.zeros(FEATURE_DIM, np.float32), allow_pickle=False)
+    np.save(buf, np.zeros(feature_dim, np.float32), allow_pickle=False)
     return len(buf.getvalue())
-
-
-# Every valid entry has exactly this many bytes: anything else is refused before it is
-# parsed (a 144-byte .npy may declare a shape of 2**40 and ask NumPy for terabytes).
-ENTRY_BYTES = _entry_bytes()
-
-
-def _decode_entry(data: bytes | None) -> np.ndarray | None:
-    if data is None or len(data) != ENTRY_BYTES:
-        return None
-    try:
-        vector = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError):
-        return None
-    if vector.shape != (FEATURE_DIM,) or vector.dtype != np.float32 or \
-            not np.isfinite(vector).all():
-        return None
-    return vector
 
 
 @dataclass
@@ -87,11 +94,11 @@ class Features:
     """fc2 features for the usable images of an ImageSet (rows align with `images`)."""
 
     images: ImageSet  # only images whose features exist (undecodable ones removed)
-    vectors: np.ndarray  # [len(images), 4096] float32
+    vectors: np.ndarray  # [len(images), the base's feature_dim] float32
     from_cache: int
     computed: int
     seconds: float
-    spot_checked: int = 0  # cache hits recomputed through VGG16 and found equal
+    spot_checked: int = 0  # cache hits recomputed through the base and found equal
 
 
 def spot_check(images: ImageSet, base: BaseModel, vectors: np.ndarray, hits: np.ndarray,
@@ -177,10 +184,10 @@ def _drop_undecodable(images: ImageSet, ok: np.ndarray) -> ImageSet:
 def extract_features(images: ImageSet, base: BaseModel, cache: FeatureCache | None,
                      batch_size: int, quiet: bool = False, spot_checks: int = 0) -> Features:
     """fc2 features for every decodable image: from the cache where possible, else computed
-    once through VGG16 (and written to the cache as they come, so progress survives a kill)."""
+    once through the base (and written to the cache as they come, so progress survives a kill)."""
     start = time.perf_counter()
     n = len(images)
-    vectors = np.zeros((n, FEATURE_DIM), dtype=np.float32)
+    vectors = np.zeros((n, base.feature_dim), dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
 
     precision = cache.precision if cache else "float32"
@@ -225,7 +232,7 @@ def recompute(contents: Sequence[bytes], base: BaseModel, batch_size: int, preci
     """(indices of the images that decode, their fc2 features computed now in `precision`),
     to hold cache entries against (the spot check, the cross-check)."""
     extract = feature_function(base, precision)
-    indices, vectors = [np.zeros(0, np.int64)], [np.zeros((0, FEATURE_DIM), np.float32)]
+    indices, vectors = [np.zeros(0, np.int64)], [np.zeros((0, base.feature_dim), np.float32)]
     for idx, batch in image_batches(contents, preprocess_image_bytes, batch_size):
         indices.append(idx)
         vectors.append(extract(batch).numpy())

@@ -99,20 +99,19 @@ def run(config: TrainConfig) -> JobResult:
                         precision=config.precision if config.cache is not None else "float32")
     images = load_images(config.data, quiet=config.quiet)
     t = lap("read_images", t)
-    base = build_base(config.weights, config.seed)
+    base = build_base(config.weights, config.seed, config.base_model)
     t = lap("build_model", t)
 
     from_cache = computed = spot_checked = 0
     if config.cache is not None:
-        cache = FeatureCache(open_location(config.cache), base.weights_sha256,
-                             runtime.precision)
+        cache = FeatureCache.of(open_location(config.cache), base, runtime.precision)
         features = extract_features(images, base, cache, config.batch_size, config.quiet,
                                     spot_checks=config.cache_check)
         images, vectors = features.images, features.vectors
         from_cache, computed = features.from_cache, features.computed
         spot_checked = features.spot_checked
         log.info("features: %d from cache (%d of them recomputed and checked), %d computed "
-                 "with VGG16", from_cache, spot_checked, computed)
+                 "with %s", from_cache, spot_checked, computed, base.name)
     else:
         images = decodable(images, config.batch_size)
     t = lap("features", t)
@@ -152,6 +151,7 @@ def run(config: TrainConfig) -> JobResult:
         "validation": validation,
         "images": _image_counts(images, train, val, test),
         "skipped": [{"path": s.path, "reason": s.reason} for s in images.skipped],
+        "base_model": base.describe(),
         "features": {"cache": config.cache, "from_cache": from_cache, "computed": computed,
                      "spot_checked": spot_checked, "precision": runtime.precision,
                      "precision_from": runtime.precision_from},
@@ -225,9 +225,7 @@ def run(config: TrainConfig) -> JobResult:
         files = list_version_files(version_dir)
         manifest = build_manifest(
             model_name=config.model_name, version=version, classes=images.classes,
-            base_model={"name": "vgg16", "weights": config.weights,
-                        "weights_sha256": base.weights_sha256,
-                        "feature_precision": runtime.precision},
+            base_model={**base.describe(), "feature_precision": runtime.precision},
             input_spec={"image_size": list(IMAGE_SIZE), "preprocessing": PREPROCESSING,
                         "preprocessing_version": PREPROCESSING_VERSION},
             metrics={"val_accuracy": validation["accuracy"], "val_loss": validation["loss"],
@@ -251,7 +249,7 @@ def cross_check(serve, base: BaseModel, head, val_contents, cached: np.ndarray,
     exported graph give the trained head's scores?
 
     The features came from the cache, which anyone with write access to it can fill: each
-    validation image goes through VGG16 again, in float32 (the exported graph's arithmetic),
+    validation image goes through the base again, in float32 (the exported graph's arithmetic),
     and must match its entry to within the feature pass's precision (trainer.precision); a
     poisoned or stale entry stops the run (exit 4). The exported graph, fed the first images'
     bytes, must then give the head's probabilities on those float32 features to 1e-3. The

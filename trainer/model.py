@@ -1,8 +1,13 @@
-"""The network: frozen VGG16 up to fc2, and the one new softmax layer that is trained.
+"""The network: a frozen base up to fc2, and the one new softmax layer that is trained.
 
 This is the classic transfer-learning recipe (ml4a guide): keep VGG16 with its ImageNet
 weights, freeze every layer, and connect a new softmax over the user's classes to the
 second-to-last layer (fc2, 4096 features).
+
+The base is VGG16 by default (`--base-model vgg16`, with `--weights`). Any Keras model file
+whose interface is VGG16's can take its place (`--base-model FILE`): a 224x224x3 input fed
+VGG16-preprocessed images, and a layer named `fc2` giving one feature vector per image, of
+any width. A VGG16 fine-tuned earlier is one; the tests' tiny VGG16-shaped network is another.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from contract.errors import InputError, StorageError
+from trainer.config import VGG16
 from trainer.precision import KERAS_POLICY
 from trainer.preflight import check_weights_file
 from trainer.preprocessing import IMAGE_SIZE
@@ -26,7 +32,7 @@ from trainer.preprocessing import IMAGE_SIZE
 log = logging.getLogger(__name__)
 
 FEATURE_LAYER = "fc2"
-FEATURE_DIM = 4096
+FEATURE_DIM = 4096  # VGG16's fc2; another base's width is read from its fc2 layer
 HEAD_NAME = "classifier"
 # fc1's kernel is 411 MB: converting it to numpy in one piece took 2.8 s on a 2-core machine
 # against 0.4 s in 16 MB row slices (the same bytes in the same order: the same digest).
@@ -38,11 +44,23 @@ IMAGENET_FILE = "models/vgg16_weights_tf_dim_ordering_tf_kernels.h5"
 
 @dataclass
 class BaseModel:
-    """VGG16 up to fc2, frozen, with what identifies its weights."""
+    """The base network up to fc2, frozen, with what identifies it and its weights."""
 
     features: keras.Model  # image (preprocessed) -> fc2 features
-    weights: str  # "imagenet", "none", or the path/URI it was loaded from
+    weights: str  # "imagenet", "none", or the path/URI they were loaded from
     weights_sha256: str  # sha256 over the weight tensors up to fc2, in layer order
+    name: str = VGG16  # "vgg16", or the name a base model file gives its network
+    source: str = VGG16  # --base-model: "vgg16" or the file's path/URI
+
+    @property
+    def feature_dim(self) -> int:
+        """fc2's width: 4096 for VGG16, whatever the file's fc2 has otherwise."""
+        return int(self.features.output.shape[-1])
+
+    def describe(self) -> dict:
+        """What the manifest and metrics.json record about the base."""
+        return {"name": self.name, "source": self.source, "weights": self.weights,
+                "weights_sha256": self.weights_sha256, "feature_dim": self.feature_dim}
 
 
 def weights_fingerprint(model: keras.Model) -> str:
@@ -63,17 +81,18 @@ def weights_fingerprint(model: keras.Model) -> str:
     return h.hexdigest()
 
 
-def _fetch_weights_file(weights: str, workdir: Path) -> str:
-    """A local path for --weights PATH or s3://...; a clear error when it is not there."""
-    if weights.startswith("s3://"):
+def _fetch_file(uri: str, workdir: Path, flag: str = "--weights") -> str:
+    """A local path for a --weights or --base-model PATH or s3://...; a clear error when it
+    is not there."""
+    if uri.startswith("s3://"):
         from contract.storage import open_location
 
-        loc = open_location(weights)
+        loc = open_location(uri)
         parent, _, name = loc.uri.rpartition("/")
         local = workdir / name
         open_location(parent).download_file(name, local)
         return str(local)
-    return str(check_weights_file(weights))
+    return str(check_weights_file(uri, flag))
 
 
 def imagenet_weights_file() -> Path | None:
@@ -90,8 +109,11 @@ def imagenet_weights_file() -> Path | None:
     return path if path.is_file() else None
 
 
-def build_base(weights: str, seed: int) -> BaseModel:
-    """VGG16 (include_top=True) with the requested weights, cut at fc2 and frozen."""
+def build_base(weights: str | None, seed: int, base_model: str = VGG16) -> BaseModel:
+    """The base cut at fc2 and frozen: VGG16 (include_top=True) with the requested weights,
+    or the network of a base model file (`weights` None: the file's own)."""
+    if base_model != VGG16:
+        return _load_base_file(base_model)
     keras.utils.set_random_seed(seed)  # --weights none: the random init is a function of seed
     if weights == "imagenet" and (baked := imagenet_weights_file()) is not None:
         log.info("ImageNet weights from %s (no download)", baked)
@@ -111,19 +133,61 @@ def build_base(weights: str, seed: int) -> BaseModel:
         vgg = keras.applications.VGG16(include_top=True, weights=None)
     else:
         with tempfile.TemporaryDirectory(prefix="weights-") as tmp:
-            local = _fetch_weights_file(weights, Path(tmp))
+            local = _fetch_file(weights, Path(tmp))
             vgg = keras.applications.VGG16(include_top=True, weights=None)
             try:
                 vgg.load_weights(local)
             except Exception as e:  # h5py/Keras raise OSError, ValueError, KeyError...
                 raise InputError(f"--weights {weights}: not a VGG16 weights file "
                                  f"({type(e).__name__}: {e})") from e
-    features = keras.Model(vgg.input, vgg.get_layer(FEATURE_LAYER).output, name="vgg16_fc2")
-    for layer in features.layers:
-        layer.trainable = False
-    features.trainable = False
+    features = _frozen(keras.Model(vgg.input, vgg.get_layer(FEATURE_LAYER).output,
+                                   name="vgg16_fc2"))
     return BaseModel(features=features, weights=weights,
                      weights_sha256=weights_fingerprint(features))
+
+
+def _frozen(model: keras.Model) -> keras.Model:
+    for layer in model.layers:
+        layer.trainable = False
+    model.trainable = False
+    return model
+
+
+def _load_base_file(uri: str) -> BaseModel:
+    """A Keras model file (.keras, or a legacy .h5 whole-model file) with VGG16's interface,
+    cut at its fc2 layer. Loaded in Keras' safe mode: a file cannot run code of its own."""
+    with tempfile.TemporaryDirectory(prefix="base-model-") as tmp:
+        local = _fetch_file(uri, Path(tmp), "--base-model")
+        try:
+            model = keras.saving.load_model(local, compile=False, safe_mode=True)
+        except Exception as e:  # Keras and h5py raise ValueError, OSError, TypeError...
+            raise InputError(f"--base-model {uri}: not a Keras model file this Keras can "
+                             f"load ({type(e).__name__}: {e})") from e
+    features = _frozen(keras.Model(model.inputs, base_interface(model, uri),
+                                   name=f"{model.name}_fc2"))
+    return BaseModel(features=features, weights=uri, weights_sha256=weights_fingerprint(features),
+                     name=model.name, source=uri)
+
+
+def base_interface(model: keras.Model, uri: str):
+    """fc2's output, once `model` is known to have VGG16's interface: one 224x224x3 float
+    input and a layer `fc2` with one feature vector per image. Else one clear InputError."""
+    def refuse(what: str) -> InputError:
+        return InputError(f"--base-model {uri}: {what}; a base needs VGG16's interface (one "
+                          f"input of shape (None, {IMAGE_SIZE[0]}, {IMAGE_SIZE[1]}, 3) and a "
+                          f"layer named {FEATURE_LAYER!r} giving one feature vector per image)")
+
+    shapes = [tuple(t.shape) for t in model.inputs]
+    if shapes != [(None, *IMAGE_SIZE, 3)]:
+        raise refuse(f"its input shape is {', '.join(map(str, shapes)) or 'unknown'}")
+    try:
+        layer = model.get_layer(FEATURE_LAYER)
+    except ValueError as e:
+        raise refuse(f"it has no layer named {FEATURE_LAYER!r}") from e
+    output = layer.output
+    if len(output.shape) != 2 or not output.shape[-1]:
+        raise refuse(f"its {FEATURE_LAYER!r} layer gives shape {tuple(output.shape)}")
+    return output
 
 
 def build_head(num_classes: int, seed: int) -> keras.layers.Dense:
@@ -133,14 +197,14 @@ def build_head(num_classes: int, seed: int) -> keras.layers.Dense:
         kernel_initializer=keras.initializers.GlorotUniform(seed=seed))
 
 
-def head_model(head: keras.layers.Dense) -> keras.Model:
+def head_model(head: keras.layers.Dense, feature_dim: int) -> keras.Model:
     """fc2 features -> class probabilities (what the cached path trains)."""
-    inputs = keras.Input((FEATURE_DIM,), name="fc2_features")
+    inputs = keras.Input((feature_dim,), name="fc2_features")
     return keras.Model(inputs, head(inputs), name="head")
 
 
 def full_model(base: BaseModel, head: keras.layers.Dense) -> keras.Model:
-    """Preprocessed image -> class probabilities: frozen VGG16 to fc2, then the head."""
+    """Preprocessed image -> class probabilities: the frozen base to fc2, then the head."""
     inputs = keras.Input((*IMAGE_SIZE, 3), name="image")
     return keras.Model(inputs, head(base.features(inputs)), name="vgg16_transfer")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from contract.errors import InputError, UserError
 from contract.manifest import MANIFEST_FILE
 from contract.storage import open_location
-from trainer.config import TrainConfig
+from trainer.config import VGG16, TrainConfig
 from trainer.publish import already_published
 
 
@@ -40,23 +40,33 @@ def preflight(config: TrainConfig) -> None:
     if config.cache is not None:
         cache = open_location(config.cache)
         about("--cache", config.cache, cache.check_writable)
-    if config.weights not in ("imagenet", "none"):
-        check_weights_file(config.weights)
+    check_base_files(config.base_model, config.weights)
     if config.signing_key is not None:
         from contract.signing import SigningKey
 
         SigningKey.load(config.signing_key)
 
 
-def check_weights_file(weights: str) -> Path | None:
-    """A --weights file or s3:// object is there; returns the local path for a file."""
-    if weights.startswith("s3://"):
-        parent, _, name = weights.rstrip("/").rpartition("/")
+def check_base_files(base_model: str, weights: str | None) -> None:
+    """The --base-model file, or the --weights file, is there (VGG16's own choices need no
+    file)."""
+    if base_model != VGG16:
+        check_weights_file(base_model, "--base-model")
+    elif weights not in ("imagenet", "none"):
+        check_weights_file(weights)
+
+
+def check_weights_file(uri: str, flag: str = "--weights") -> Path | None:
+    """A --weights (or --base-model) file or s3:// object is there; returns the local path
+    for a file."""
+    if uri.startswith("s3://"):
+        parent, _, name = uri.rstrip("/").rpartition("/")
         if not open_location(parent).exists(name):
-            raise InputError(f"--weights {weights}: no such object")
+            raise InputError(f"{flag} {uri}: no such object")
         return None
-    path = Path(weights.removeprefix("file://")).expanduser()
+    path = Path(uri.removeprefix("file://")).expanduser()
     if not path.is_file():
-        raise InputError(f"--weights {weights}: no such file (expected 'imagenet', 'none', "
-                         "or a Keras .h5/.weights.h5 file)")
+        expected = ("'vgg16' or a Keras model file (.keras, .h5)" if flag == "--base-model"
+                    else "'imagenet', 'none', or a Keras .h5/.weights.h5 file")
+        raise InputError(f"{flag} {uri}: no such file (expected {expected})")
     return path

@@ -49,7 +49,7 @@ def fit_on_features(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
                     learning_rate: float, seed: int, verbose: int) -> FitResult:
     """The fast path: the head alone, on fc2 features computed once per image."""
     head = build_head(num_classes, seed)
-    model = head_model(head)
+    model = head_model(head, train_x.shape[1])
     compile_for_training(model, learning_rate)
 
     def dataset(x, y, shuffle_seed):
@@ -65,7 +65,7 @@ def fit_on_features(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
 
 def predict_features(head: keras.layers.Dense, x: np.ndarray, batch_size: int) -> np.ndarray:
     """The trained head's probabilities for fc2 features."""
-    return head_model(head).predict(x, batch_size=batch_size, verbose=0)
+    return head_model(head, x.shape[1]).predict(x, batch_size=batch_size, verbose=0)
 
 
 def predict_images(base: BaseModel, head: keras.layers.Dense, contents: list[bytes],

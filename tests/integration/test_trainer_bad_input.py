@@ -15,9 +15,12 @@ from trainer.cli import cli
 from trainer.sample_data import write_sample_data
 
 
-def train(*args: str):
-    result = CliRunner().invoke(cli, ["train", "--weights", "none", "--quiet", *args])
-    return result
+@pytest.fixture
+def train(tiny_args):
+    """`trainer train --quiet` on the tiny base, in-process."""
+    def invoke(*args: str):
+        return CliRunner().invoke(cli, ["train", *tiny_args, "--quiet", *args])
+    return invoke
 
 
 def error_line(result) -> str:
@@ -55,28 +58,28 @@ def common(tmp_path: Path, data: Path | str) -> list[str]:
             "--cache", str(tmp_path / "cache")]
 
 
-def test_missing_location(tmp_path):
+def test_missing_location(train, tmp_path):
     result = train(*common(tmp_path, tmp_path / "nope"))
     assert result.exit_code == 2
     assert "location does not exist or is empty" in error_line(result)
     assert str(tmp_path / "nope") in error_line(result)
 
 
-def test_empty_location(tmp_path):
+def test_empty_location(train, tmp_path):
     (tmp_path / "empty").mkdir()
     result = train(*common(tmp_path, tmp_path / "empty"))
     assert result.exit_code == 2
     assert "does not exist or is empty" in error_line(result)
 
 
-def test_single_class(tmp_path, small_data):
+def test_single_class(train, tmp_path, small_data):
     shutil.rmtree(small_data / "square")
     result = train(*common(tmp_path, small_data))
     assert result.exit_code == 2
     assert "need at least 2 class folders with images, found 1 (circle)" in error_line(result)
 
 
-def test_class_with_too_few_images(tmp_path, small_data):
+def test_class_with_too_few_images(train, tmp_path, small_data):
     for p in sorted((small_data / "square").iterdir())[1:]:
         p.unlink()
     result = train(*common(tmp_path, small_data))
@@ -84,7 +87,8 @@ def test_class_with_too_few_images(tmp_path, small_data):
     assert "too few in square: 1" in error_line(result)
 
 
-def test_class_left_with_too_few_after_undecodable_images_are_dropped(tmp_path, small_data):
+def test_class_left_with_too_few_after_undecodable_images_are_dropped(train, tmp_path,
+                                                                       small_data):
     # Truncated JPEGs pass the header check but TensorFlow cannot decode them.
     for p in sorted((small_data / "square").iterdir())[1:]:
         p.unlink()
@@ -95,7 +99,7 @@ def test_class_left_with_too_few_after_undecodable_images_are_dropped(tmp_path, 
     assert not (tmp_path / "models").exists()
 
 
-def test_bad_and_odd_files_are_skipped_and_listed(tmp_path, small_data):
+def test_bad_and_odd_files_are_skipped_and_listed(train, tmp_path, small_data):
     sq = small_data / "square"
     (sq / "notes.txt").write_text("not an image")
     (sq / "empty.jpg").write_bytes(b"")
@@ -159,6 +163,68 @@ def test_weights_must_name_a_keras_file(tmp_path, small_data):
     assert "expected 'imagenet', 'none', or a Keras weights file" in error_line(result)
 
 
+def base_file(path: Path, build) -> Path:
+    """A Keras model file made by `build(keras)`: a base a user might pass by mistake."""
+    import keras
+
+    build(keras).save(path)
+    return path
+
+
+def no_fc2(keras):
+    inputs = keras.Input((224, 224, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(8, name="fc1")(x))
+
+
+def wrong_input(keras):
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Flatten()(inputs)
+    return keras.Model(inputs, keras.layers.Dense(8, name="fc2")(x))
+
+
+def spatial_fc2(keras):
+    inputs = keras.Input((224, 224, 3))
+    return keras.Model(inputs, keras.layers.Conv2D(4, 3, name="fc2")(inputs))
+
+
+@pytest.mark.parametrize("build, message", [
+    (no_fc2, "it has no layer named 'fc2'"),
+    (wrong_input, "its input shape is (None, 32, 32, 3)"),
+    (spatial_fc2, "its 'fc2' layer gives shape (None, 222, 222, 4)"),
+    (None, "not a Keras model file this Keras can load"),
+])
+def test_a_base_model_without_vgg16s_interface_is_refused(tmp_path, small_data, build,
+                                                          message):
+    path = tmp_path / "base.keras"
+    if build is None:
+        path.write_bytes(b"PK\x03\x04 not really a zip")
+    else:
+        base_file(path, build)
+    result = CliRunner().invoke(cli, ["train", *common(tmp_path, small_data), "--base-model",
+                                      str(path), "--quiet"])
+    assert result.exit_code == 2, result.output
+    line = error_line(result)
+    assert line.startswith(f"error: --base-model {path}: ") and message in line, line
+    if build is not None:
+        assert "a base needs VGG16's interface" in line
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--base-model", "resnet50"], "--base-model resnet50: expected 'vgg16' or a Keras model "
+                                   "file ending in .keras, .h5, .hdf5"),
+    (["--base-model", "base.keras", "--weights", "none"],
+     "--weights none: a --base-model file carries its own weights"),
+    (["--base-model", "nope.keras"], "--base-model nope.keras: no such file"),
+])
+def test_base_model_usage_errors(tmp_path, small_data, args, message):
+    result = CliRunner().invoke(cli, ["train", *common(tmp_path, small_data), *args,
+                                      "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert message in error_line(result)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model-name", "bad/name"], "--model-name 'bad/name'"),
     (["--epochs", "0"], "--epochs must be at least 1"),
@@ -169,19 +235,19 @@ def test_weights_must_name_a_keras_file(tmp_path, small_data):
     (["--test-split", "0.85"], "--test-split must be at least 0 and leave images to train"),
     (["--test-split", "-0.1"], "--test-split must be at least 0"),
 ])
-def test_bad_options(tmp_path, small_data, args, message):
+def test_bad_options(train, tmp_path, small_data, args, message):
     result = train(*common(tmp_path, small_data), *args)
     assert result.exit_code == 2
     assert message in error_line(result)
 
 
-def test_cache_and_no_cache_exclude_each_other(tmp_path, small_data):
+def test_cache_and_no_cache_exclude_each_other(train, tmp_path, small_data):
     result = train(*common(tmp_path, small_data), "--no-cache")
     assert result.exit_code == 2
     assert "--cache and --no-cache exclude each other" in result.stderr
 
 
-def test_bfloat16_needs_the_cached_feature_pass(tmp_path, small_data):
+def test_bfloat16_needs_the_cached_feature_pass(train, tmp_path, small_data):
     args = ["--data", str(small_data), "--output", str(tmp_path / "models"), "--model-name",
             "m", "--no-cache"]
     result = train(*args, "--precision", "bfloat16")
@@ -193,7 +259,7 @@ def test_bfloat16_needs_the_cached_feature_pass(tmp_path, small_data):
     assert not (tmp_path / "models").exists()
 
 
-def test_accuracy_gate_publishes_nothing_and_exits_4(tmp_path):
+def test_accuracy_gate_publishes_nothing_and_exits_4(train, tmp_path):
     # Both classes hold the very same images: no model can beat 50% on them.
     data = tmp_path / "data"
     write_sample_data(str(data), num_classes=2, per_class=4, seed=1, quiet=True)
@@ -208,9 +274,9 @@ def test_accuracy_gate_publishes_nothing_and_exits_4(tmp_path):
     assert (tmp_path / "report" / "confusion_matrix.png").is_file()  # the report explains why
 
 
-def test_a_poisoned_feature_cache_is_caught_before_publishing(tmp_path):
+def test_a_poisoned_feature_cache_is_caught_before_publishing(train, tmp_path):
     """Whoever can write the shared cache can store one image's features under another's
-    key. The validation images, run through VGG16 again from their bytes, then disagree
+    key. The validation images, run through the base again from their bytes, then disagree
     with their cached features: exit 4, nothing published."""
     import hashlib
 
@@ -245,7 +311,7 @@ def test_a_poisoned_feature_cache_is_caught_before_publishing(tmp_path):
     assert fresh.exit_code == 0, fresh.output
 
 
-def test_poisoned_training_entries_are_caught_by_the_spot_check(tmp_path):
+def test_poisoned_training_entries_are_caught_by_the_spot_check(train, tmp_path):
     """Validation cannot see poisoned training entries; recomputing cache hits can. Every
     training image's entry holds another image's features here, so any sample finds one."""
     import hashlib
@@ -273,7 +339,7 @@ def test_poisoned_training_entries_are_caught_by_the_spot_check(tmp_path):
     assert sorted(p.name for p in (tmp_path / "models" / "m").iterdir()) == ["1"]
 
 
-def test_a_test_split_is_held_out_scored_and_reported(tmp_path):
+def test_a_test_split_is_held_out_scored_and_reported(train, tmp_path):
     """The seed recipe's test set: kept out of training and validation, scored once, its
     loss, accuracy, per-class precision/recall and confusion matrix in the report and the
     manifest."""
@@ -304,7 +370,7 @@ def test_a_test_split_is_held_out_scored_and_reported(tmp_path):
     assert manifest["metrics"]["test_accuracy"] == tested["accuracy"]
 
 
-def test_the_test_accuracy_gate_publishes_nothing_and_exits_4(tmp_path):
+def test_the_test_accuracy_gate_publishes_nothing_and_exits_4(train, tmp_path):
     data = tmp_path / "data"
     write_sample_data(str(data), num_classes=2, per_class=4, seed=1, quiet=True)
     shutil.rmtree(data / "square")
@@ -323,7 +389,8 @@ def test_sample_data_rejects_bad_class_count(tmp_path):
     assert "--classes must be between 2 and 8, got 9" in error_line(result)
 
 
-def test_require_gpu_fails_fast_with_exit_3_before_reading_images(tmp_path, small_data):
+def test_require_gpu_fails_fast_with_exit_3_before_reading_images(train, tmp_path,
+                                                                  small_data):
     """A GPU run on a node where TensorFlow sees no GPU (driver or CUDA mismatch) must not
     quietly train on the CPU. This machine has no GPU."""
     result = train(*common(tmp_path, small_data), "--require-gpu")
@@ -353,12 +420,14 @@ def no_heavy_work(monkeypatch):
 
 @pytest.mark.parametrize("case", ["data", "output file in the way", "output bucket",
                                   "cache file in the way", "weights file", "weights object",
+                                  "base model file", "base model object",
                                   "existing version", "signing key missing",
                                   "signing key is a public key"])
 def test_each_wrong_value_fails_before_any_heavy_work(tmp_path, small_data, no_heavy_work,
                                                       seaweed, case):
     args = dict(data=str(small_data), output=str(tmp_path / "models"),
-                cache=str(tmp_path / "cache"), weights="none", version=None, key=None)
+                cache=str(tmp_path / "cache"), weights="none", version=None, key=None,
+                base=None)
     expected_code, message = 2, None
     if case == "data":
         args["data"], message = str(tmp_path / "nope"), "location does not exist or is empty"
@@ -376,6 +445,11 @@ def test_each_wrong_value_fails_before_any_heavy_work(tmp_path, small_data, no_h
     elif case == "weights object":
         args["weights"] = "s3://models/nowhere/vgg16.weights.h5"
         message = "--weights s3://models/nowhere/vgg16.weights.h5: no such object"
+    elif case == "base model file":
+        args["base"], message = str(tmp_path / "nope.keras"), "no such file"
+    elif case == "base model object":
+        args["base"] = "s3://models/nowhere/tiny.keras"
+        message = "--base-model s3://models/nowhere/tiny.keras: no such object"
     elif case == "signing key missing":
         args["key"] = str(tmp_path / "nope.pem")
         message = f"--signing-key {tmp_path / 'nope.pem'}: cannot read"
@@ -390,7 +464,9 @@ def test_each_wrong_value_fails_before_any_heavy_work(tmp_path, small_data, no_h
         (version / "_MANIFEST.json").write_text("{}")
         args["version"], message = "7", "version 7 of model 'm' already exists"
     cli_args = ["--data", args["data"], "--output", args["output"], "--model-name", "m",
-                "--cache", args["cache"], "--weights", args["weights"]]
+                "--cache", args["cache"]]
+    cli_args += ["--base-model", args["base"]] if args["base"] else ["--weights",
+                                                                    args["weights"]]
     if args["version"]:
         cli_args += ["--version", args["version"]]
     if args["key"]:

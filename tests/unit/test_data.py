@@ -117,18 +117,21 @@ def test_a_cache_entry_of_the_wrong_size_is_a_miss_before_it_is_parsed():
     from numpy.lib import format as npy
 
     from contract.storage import open_location
-    from trainer.features import ENTRY_BYTES, FeatureCache
+    from trainer.features import FeatureCache
 
     buf = io.BytesIO()
     npy.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False,
                                      "shape": (2**40,)})
     hostile = buf.getvalue()
-    assert len(hostile) < 200 != ENTRY_BYTES
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        cache = FeatureCache(open_location(tmp), "f" * 64)
-        cache.location.write_bytes(cache.key("a" * 64), hostile)
-        cache.put("b" * 64, np.ones(4096, np.float32))
-        found = cache.get_many(["a" * 64, "b" * 64])
-    assert list(found) == ["b" * 64]  # the hostile entry is a miss, the good one a hit
+        for width in (4096, 512):  # VGG16's fc2, and another base's
+            cache = FeatureCache(open_location(tmp), f"{width:x}" * 16, feature_dim=width)
+            assert len(hostile) < 200 != cache.entry_bytes
+            cache.location.write_bytes(cache.key("a" * 64), hostile)
+            cache.put("b" * 64, np.ones(width, np.float32))
+            cache.put("c" * 64, np.ones(width + 1, np.float32))  # another width: not ours
+            found = cache.get_many(["a" * 64, "b" * 64, "c" * 64])
+            # The hostile entry and the wrong width are misses, the good one a hit.
+            assert list(found) == ["b" * 64] and found["b" * 64].shape == (width,)
