@@ -1,7 +1,10 @@
-"""Shared fixtures: a real SeaweedFS S3 store, sample data in it, and trained models.
+"""Shared fixtures: a real SeaweedFS S3 store, sample data in it, a tiny VGG16-shaped base
+model, and trained models.
 
-Expensive things (the store, VGG16 runs) are session-scoped and reused. Nothing here mocks
-S3: every `s3://` URI in the tests is served by `weed mini` on loopback.
+Expensive things (the store, training runs) are session-scoped and reused. Nothing here mocks
+S3: every `s3://` URI in the tests is served by `weed mini` on loopback. Tests that are not
+about VGG16 itself train on the tiny base (tests/tiny_base.py, `--base-model`); the ones that
+are name VGG16 (README, Tests).
 """
 
 from __future__ import annotations
@@ -84,6 +87,11 @@ def seaweed(tmp_path_factory):
 DISK_NEEDED_GB = 10
 
 
+def pytest_addoption(parser):
+    parser.addoption("--soak", action="store_true",
+                     help="run only the soak tests (the long fixed windows of `make soak`)")
+
+
 def pytest_report_header(config):
     """Say up front when the disk is too small: a full disk fails tests far from the cause."""
     import tempfile
@@ -131,7 +139,7 @@ MODULE_SECONDS = {
 # the store (about a minute and a half on 2 cores). Collection checks the list.
 SHARED_FIXTURE_MODULES = {
     "published_s3": tuple(f"tests/integration/test_{name}.py" for name in
-                          ("end_to_end", "security", "signing", "trainer_s3")),
+                          ("security", "signing", "trainer_s3")),
 }
 GROUP_OF_MODULE = {m: f for f, modules in SHARED_FIXTURE_MODULES.items() for m in modules}
 
@@ -164,6 +172,12 @@ def pytest_collection_modifyitems(config, items):
     """The slowest units first (modules, or a shared fixture's modules together; see
     MODULE_SECONDS); tests keep their order within a module. Refuses a module that uses a
     shared fixture without being listed in SHARED_FIXTURE_MODULES."""
+    soak = config.getoption("--soak")
+    chosen = [item for item in items if (item.get_closest_marker("soak") is not None) == soak]
+    if len(chosen) < len(items):  # `make test` leaves the soak to `make soak`, and vice versa
+        config.hook.pytest_deselected(items=[i for i in items if i not in chosen])
+        items[:] = chosen
+
     def module(item) -> str:
         return item.nodeid.split("::", 1)[0]
 
@@ -227,8 +241,22 @@ def sample_s3(seaweed):
 
 
 @pytest.fixture(scope="session")
-def published_s3(seaweed, sample_s3, signing_keys):
-    """One full CLI training run: S3 data -> S3 models, S3 feature cache, --weights none,
+def tiny_base(tmp_path_factory) -> Path:
+    """The tiny VGG16-shaped base model file (tests/tiny_base.py), for `--base-model`."""
+    from tests.tiny_base import write_tiny_vgg16
+
+    return write_tiny_vgg16(tmp_path_factory.mktemp("base") / "tiny_vgg16.keras")
+
+
+@pytest.fixture(scope="session")
+def tiny_args(tiny_base) -> list[str]:
+    """The trainer's flags for the tiny base."""
+    return ["--base-model", str(tiny_base)]
+
+
+@pytest.fixture(scope="session")
+def published_s3(seaweed, sample_s3, signing_keys, tiny_args):
+    """One full CLI training run: S3 data -> S3 models, S3 feature cache, the tiny base,
     signed with the trainer's key (SIGNING_KEY, as the Kubernetes Job sets it)."""
     models = f"s3://{MODELS_BUCKET}/{unique('run')}"
     cache = f"s3://{CACHE_BUCKET}/{unique('features')}"
@@ -236,12 +264,12 @@ def published_s3(seaweed, sample_s3, signing_keys):
     # holds when the feature pass has the exported graph's arithmetic (PRECISION, as a
     # container would set it; runs reusing this cache pass --precision float32 too).
     proc = run_cli("trainer", "train", "--data", sample_s3, "--output", models,
-                   "--model-name", "demo", "--weights", "none", "--cache", cache,
+                   "--model-name", "demo", *tiny_args, "--cache", cache,
                    "--version", "1", env={"SIGNING_KEY": str(signing_keys["private"]),
                                           "PRECISION": "float32"},
                    check=True)
     return {"models": models, "cache": cache, "data": sample_s3, "proc": proc,
-            "version_uri": f"{models}/demo/1"}
+            "version_uri": f"{models}/demo/1", "base_args": tiny_args}
 
 
 class TinyModel:
@@ -258,11 +286,11 @@ class TinyModel:
         self.base_path = root / "models" / self.name
         self.version_dir = self.base_path / "1"
         images = result.images
-        cache = FeatureCache(open_location_(root / "cache"), result.base.weights_sha256,
-                             "float32")
+        cache = FeatureCache.of(open_location_(root / "cache"), result.base, "float32")
         features = extract_features(images, result.base, cache, batch_size=4, quiet=True)
         assert features.computed == 0  # all from the training run's cache
-        probabilities = head_model(result.fit.head).predict(features.vectors, verbose=0)
+        probabilities = head_model(result.fit.head, result.base.feature_dim).predict(
+            features.vectors, verbose=0)
         self.classes = images.classes
         self.files = list(zip(images.paths, images.contents, strict=True))
         self.expected = {path: probs for path, probs in
@@ -288,22 +316,39 @@ def open_location_(path: Path):
 
 
 # Small enough for 2 CPU cores, big enough that each epoch has several shuffled batches.
-TINY = dict(epochs=3, batch_size=4, val_split=0.34, seed=3, weights="none",
+TINY = dict(epochs=3, batch_size=4, val_split=0.34, seed=3,
             precision="float32")  # served scores are compared with the head's: same arithmetic
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> TinyModel:
+def tiny(tiny_base) -> dict:
+    """TrainConfig arguments of the in-process runs: TINY on the tiny base."""
+    return {**TINY, "base_model": str(tiny_base)}
+
+
+def train_tiny_model(root: Path, **config) -> TinyModel:
     from trainer.config import TrainConfig
     from trainer.job import run
     from trainer.sample_data import write_sample_data
 
-    root = tmp_path_factory.mktemp("tiny")
     write_sample_data(str(root / "data"), num_classes=2, per_class=6, seed=11, quiet=True)
     config = TrainConfig(data=str(root / "data"), output=str(root / "models"),
                          model_name="tiny", cache=str(root / "cache"),
-                         report_dir=str(root / "report"), version=1, quiet=True, **TINY)
+                         report_dir=str(root / "report"), version=1, quiet=True, **config)
     return TinyModel(run(config), root)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny) -> TinyModel:
+    """The tiny dataset's model on the tiny base: what the serving tests serve."""
+    return train_tiny_model(tmp_path_factory.mktemp("tiny"), **tiny)
+
+
+@pytest.fixture(scope="session")
+def vgg16_model(tmp_path_factory) -> TinyModel:
+    """The same run on the full VGG16 (random weights): a real 0.5 GB export, for the tests
+    where VGG16 itself is the subject (README, Tests)."""
+    return train_tiny_model(tmp_path_factory.mktemp("vgg16"), **TINY, weights="none")
 
 
 def link_version(source: Path, base_path: Path, version: int) -> Path:

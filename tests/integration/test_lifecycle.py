@@ -34,7 +34,7 @@ def one_error(proc) -> str:
 
 
 @pytest.fixture(scope="module")
-def lifecycle(seaweed, tmp_path_factory):
+def lifecycle(seaweed, tmp_path_factory, tiny_args):
     """Two trained versions of `m` in S3: 1 on the sample data (with a test split), 2 on the
     same images with the class folders swapped: a candidate clearly worse on real data."""
     from trainer.sample_data import write_sample_data
@@ -46,14 +46,14 @@ def lifecycle(seaweed, tmp_path_factory):
     shutil.copytree(data / first, swapped / second)
     shutil.copytree(data / second, swapped / first)
     models = f"s3://{MODELS_BUCKET}/{unique('lifecycle')}"
-    common = ["--output", models, "--model-name", "m", "--weights", "none", "--cache",
+    common = ["--output", models, "--model-name", "m", *tiny_args, "--cache",
               str(tmp / "cache"), "--epochs", "10", "--learning-rate", "0.01",
               "--batch-size", "4", "--seed", "1", "--quiet"]
     run_cli("trainer", "train", "--data", str(data), "--version", "1", "--test-split", "0.2",
             *common, check=True)
     run_cli("trainer", "train", "--data", str(swapped), "--version", "2", *common, check=True)
     yield {"models": models, "source": f"{models}/m", "data": data, "tmp": tmp}
-    shutil.rmtree(tmp, ignore_errors=True)  # a GB of models and caches: not kept to the end
+    shutil.rmtree(tmp, ignore_errors=True)  # models and caches: not kept to the end
 
 
 def set_labels(source: str, labels: dict[str, int], history: dict[str, list[int]]) -> None:

@@ -167,7 +167,7 @@ def test_upload_puts_a_folder_in_the_store_and_skips_what_is_there(seaweed, tmp_
 # -- decoder noise and the progress bar --------------------------------------------------------
 
 @pytest.mark.slow
-def test_the_console_script_keeps_decoder_noise_out_of_the_output(tmp_path):
+def test_the_console_script_keeps_decoder_noise_out_of_the_output(tiny_args, tmp_path):
     """Run as `trainer` (the console script, not python -m): TensorFlow's decoder warnings
     ("Premature end of JPEG data") stay out; the file is listed in the report instead."""
     import io
@@ -185,7 +185,7 @@ def test_the_console_script_keeps_decoder_noise_out_of_the_output(tmp_path):
     env["PYTHONPATH"] = str(REPO)  # this checkout's code, whichever the venv was made from
     proc = subprocess.run([str(Path(sys.executable).parent / "trainer"), "train", "--data",
                            str(data), "--output", str(tmp_path / "models"), "--model-name",
-                           "m", "--weights", "none", "--epochs", "1", "--cache",
+                           "m", *tiny_args, "--epochs", "1", "--cache",
                            str(tmp_path / "cache"), "--report-dir", str(tmp_path / "report")],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -23,6 +23,7 @@ from serving.client import ClientError, GrpcClient, RestClient
 from serving.puller import Puller
 from tests.conftest import MODELS_BUCKET, REPO, aws_env_of, run_cli, unique
 from tests.integration.test_puller import publish_fake, read, wait_for
+from tests.tiny_base import WIDTH
 from tools.model_server import LocalServer
 from tools.seaweed import SeaweedFS
 from trainer.publish import publish
@@ -111,31 +112,32 @@ def test_a_version_deleted_while_downloading_is_discarded(seaweed, tmp_path, mon
     assert sorted(p.name for p in dest.iterdir()) == ["1"]  # no half version, no staging
 
 
-def test_sigterm_during_feature_extraction_leaves_a_valid_cache(tmp_path):
+def test_sigterm_during_feature_extraction_leaves_a_valid_cache(tiny_args, tmp_path):
     data, cache, models = tmp_path / "data", tmp_path / "cache", tmp_path / "models"
-    run_cli("trainer", "sample-data", "--output", str(data), "--per-class", "12", "--quiet",
+    # Enough images, one per batch, that the tiny base's pass lasts long enough to be hit.
+    run_cli("trainer", "sample-data", "--output", str(data), "--per-class", "40", "--quiet",
             check=True)
     proc = subprocess.Popen([sys.executable, "-m", "trainer", "train", "--data", str(data),
-                             "--output", str(models), "--model-name", "m", "--weights",
-                             "none", "--cache", str(cache), "--batch-size", "4", "--quiet"],
+                             "--output", str(models), "--model-name", "m", *tiny_args,
+                             "--cache", str(cache), "--batch-size", "1", "--quiet"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: len(list(cache.rglob("*.npy"))) >= 8 or proc.poll() is not None)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 128 + signal.SIGTERM
     entries = list(cache.rglob("*.npy"))
-    assert 8 <= len(entries) < 24, "the kill should land mid-extraction"
+    assert 8 <= len(entries) < 80, "the kill should land mid-extraction"
     for entry in entries:  # every entry is complete: atomic writes
         vector = np.load(entry)
-        assert vector.shape == (4096,) and np.isfinite(vector).all()
+        assert vector.shape == (WIDTH,) and np.isfinite(vector).all()
     assert not list(cache.rglob("*.tmp"))
     assert not models.exists() or not any(models.rglob(MANIFEST_FILE))
 
     proc = run_cli("trainer", "train", "--data", str(data), "--output", str(models),
-                   "--model-name", "m", "--weights", "none", "--cache", str(cache),
+                   "--model-name", "m", *tiny_args, "--cache", str(cache),
                    "--quiet", check=True)
     cached, computed = map(int, re.search(r"features (\d+) cached / (\d+) computed",
                                           proc.stdout).groups())
-    assert cached >= len(entries) and cached + computed == 24
+    assert cached >= len(entries) and cached + computed == 80
 
 
 def test_server_survives_its_folder_vanishing_and_stops_cleanly_under_load(tiny_model,

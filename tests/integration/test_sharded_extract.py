@@ -19,12 +19,13 @@ from trainer.extract import shard_of
 pytestmark = pytest.mark.s3
 
 SHARDS = 3
-COMMON = ["--weights", "none", "--seed", "4"]
+SEED = ["--seed", "4"]
 
 
-def extract(data: str, cache: str, index: int, *more: str) -> subprocess.Popen:
+def extract(data: str, cache: str, index: int, base: list[str], *more: str
+            ) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "trainer", "extract", "--data", data,
-                             "--cache", cache, "--shard", f"{index}/{SHARDS}", *COMMON,
+                             "--cache", cache, "--shard", f"{index}/{SHARDS}", *base, *SEED,
                              "--quiet", *more], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO)
 
@@ -45,6 +46,7 @@ def entries(cache: str) -> int:
 
 
 def test_three_shards_then_train_computes_nothing_and_serves_the_same_scores(seaweed,
+                                                                              tiny_args,
                                                                               tmp_path):
     import tensorflow as tf
 
@@ -59,7 +61,7 @@ def test_three_shards_then_train_computes_nothing_and_serves_the_same_scores(sea
     # rest only. (A busy machine can let it finish between two looks: then again, afresh.)
     for _attempt in range(3):
         cache = f"s3://{CACHE_BUCKET}/{unique('shards')}"
-        first = extract(data, cache, 0, "--batch-size", "1")
+        first = extract(data, cache, 0, tiny_args, "--batch-size", "1")
         deadline = time.monotonic() + 300
         while entries(cache) == 0 and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -71,11 +73,11 @@ def test_three_shards_then_train_computes_nothing_and_serves_the_same_scores(sea
             break
     else:
         raise AssertionError("shard 0 finished before it could be killed, three times")
-    again = summary(extract(data, cache, 0))
+    again = summary(extract(data, cache, 0, tiny_args))
     assert (again["images"], again["cached"], again["computed"]) == (sizes[0], kept,
                                                                      sizes[0] - kept)
     # The other two at once, as parallel indexes.
-    others = [summary(p) for p in [extract(data, cache, i) for i in (1, 2)]]
+    others = [summary(p) for p in [extract(data, cache, i, tiny_args) for i in (1, 2)]]
     assert [o["computed"] for o in others] == sizes[1:]
     # Every image computed by exactly one shard, none twice.
     assert kept + again["computed"] + sum(o["computed"] for o in others) == 30
@@ -83,11 +85,11 @@ def test_three_shards_then_train_computes_nothing_and_serves_the_same_scores(sea
 
     models = f"s3://{MODELS_BUCKET}/{unique('shards')}"
     sharded = run_cli("trainer", "train", "--data", data, "--cache", cache, "--output", models,
-                      "--model-name", "m", "--version", "1", *COMMON, "--epochs", "3",
+                      "--model-name", "m", "--version", "1", *tiny_args, *SEED, "--epochs", "3",
                       check=True)
     assert "features 30 cached / 0 computed" in sharded.stdout
     alone = run_cli("trainer", "train", "--data", data, "--cache", f"{cache}-alone",
-                    "--output", models, "--model-name", "m", "--version", "2", *COMMON,
+                    "--output", models, "--model-name", "m", "--version", "2", *tiny_args, *SEED,
                     "--epochs", "3", check=True)  # one process, computing everything
     assert "features 0 cached / 30 computed" in alone.stdout
 

@@ -12,6 +12,7 @@ from PIL import Image
 from contract.image_formats import ERROR_NOT_AN_IMAGE
 from contract.manifest import MANIFEST_FILE, parse_manifest, sha256_file
 from tests.conftest import TINY
+from tests.tiny_base import WIDTH
 from trainer.config import TrainConfig
 from trainer.export import CLASSIFY, PREDICT_IMAGES, SERVING_DEFAULT, WARMUP_FILE
 from trainer.job import REPORT_SUBDIR, run
@@ -29,14 +30,14 @@ def tiny_data(tiny_model):
 
 
 def test_the_test_split_is_scored_the_same_with_and_without_the_cache(tiny_model, tiny_data,
-                                                                     tmp_path):
+                                                                     tiny, tmp_path):
     """--test-split on both paths: the cached one scores the held-out features with the
     head, --no-cache runs the held-out images through the whole network."""
     runs = {}
     for name, cache in (("cached", str(tiny_model.root / "cache")), ("no-cache", None)):
         config = TrainConfig(data=tiny_data, output=str(tmp_path / name), model_name="tiny",
                              cache=cache, quiet=True, test_split=0.34,
-                             **{**TINY, "val_split": 0.17})
+                             **{**tiny, "val_split": 0.17})
         runs[name] = run(config).metrics
     cached, uncached = runs["cached"], runs["no-cache"]
     assert cached["features"]["computed"] == 0  # all from the session's cache
@@ -56,15 +57,16 @@ def val_files(result) -> list[bytes]:
     return [result.images.contents[i] for i in result.val_index]
 
 
-def test_cached_and_no_cache_paths_end_with_the_same_head(cached_run, tiny_data, tmp_path):
+def test_cached_and_no_cache_paths_end_with_the_same_head(cached_run, tiny_data, tiny,
+                                                          tmp_path):
     cached, _ = cached_run
     config = TrainConfig(data=tiny_data, output=str(tmp_path / "models"), model_name="tiny",
-                         cache=None, quiet=True, **TINY)
+                         cache=None, quiet=True, **tiny)
     uncached = run(config)
 
     a = [w.numpy() for w in cached.fit.head.weights]
     b = [w.numpy() for w in uncached.fit.head.weights]
-    assert a[0].shape == (4096, 2)
+    assert a[0].shape == (WIDTH, 2)  # fc2's width, read from the base model file
     for wa, wb in zip(a, b, strict=True):
         np.testing.assert_allclose(wa, wb, rtol=1e-4, atol=1e-5)
     # The head actually moved away from its initial weights (training happened).
@@ -192,7 +194,7 @@ def test_signature_names_and_dtypes_are_the_contract(loaded):
                                                              "scores"}
 
 
-def test_version_folder_has_labels_warmup_report_and_a_true_manifest(cached_run):
+def test_version_folder_has_labels_warmup_report_and_a_true_manifest(cached_run, tiny):
     from tensorflow_serving.apis import prediction_log_pb2
 
     result, out = cached_run
@@ -230,8 +232,10 @@ def test_version_folder_has_labels_warmup_report_and_a_true_manifest(cached_run)
         assert sha256_file(version_dir / f.path) == f.sha256
     raw = manifest.raw
     assert raw["classes"] == result.images.classes
-    assert raw["base_model"]["weights"] == "none"
-    assert raw["base_model"]["weights_sha256"] == result.base.weights_sha256
+    assert raw["base_model"] == {
+        "name": "tiny_vgg16", "source": tiny["base_model"], "weights": tiny["base_model"],
+        "weights_sha256": result.base.weights_sha256, "feature_dim": WIDTH,
+        "feature_precision": "float32"}
     assert raw["metrics"]["train_images"] + raw["metrics"]["val_images"] == 12
     assert raw["input"] == {"image_size": [224, 224], "preprocessing": "vgg16",
                             "preprocessing_version": raw["input"]["preprocessing_version"]}
@@ -246,8 +250,11 @@ def test_version_folder_has_labels_warmup_report_and_a_true_manifest(cached_run)
     np.testing.assert_allclose([p["scores"] for p in predictions],
                                result.fit.val_probabilities, atol=1e-6)
     assert metrics["features"]["computed"] == 12
+    assert metrics["base_model"] == {k: v for k, v in raw["base_model"].items()
+                                     if k != "feature_precision"}
     config = json.loads((report / "config.json").read_text())
-    assert config["version"] == 1 and config["weights"] == "none"
+    assert config["version"] == 1 and config["base_model"] == tiny["base_model"]
+    assert config["weights"] is None  # the base file's own
     for png in ("training_curves.png", "confusion_matrix.png"):
         with Image.open(report / png) as im:
             assert im.format == "PNG" and im.width > 300

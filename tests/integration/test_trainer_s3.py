@@ -42,11 +42,16 @@ def test_full_run_publishes_a_verified_version_to_s3(published_s3):
     assert "published s3://" in published_s3["proc"].stdout
 
 
-def test_second_run_takes_every_feature_from_the_cache(published_s3):
+def test_second_run_takes_every_feature_from_the_cache(published_s3, tiny_base):
     models = f"s3://{MODELS_BUCKET}/{unique('second')}"  # the first run's folder stays as is
+    # The same base, now read from the store: the cache is keyed by its weights, not by
+    # where the file was.
+    base_uri = f"s3://{MODELS_BUCKET}/{unique('bases')}/{tiny_base.name}"
+    open_location(base_uri.rsplit("/", 1)[0]).write_bytes(tiny_base.name,
+                                                          tiny_base.read_bytes())
     proc = run_cli("trainer", "train", "--data", published_s3["data"],
-                   "--output", models, "--model-name", "demo",
-                   "--weights", "none", "--cache", published_s3["cache"], "--version", "2",
+                   "--output", models, "--model-name", "demo", "--base-model", base_uri,
+                   "--cache", published_s3["cache"], "--version", "2",
                    "--precision", "float32",
                    "--quiet", check=True)
     assert "features 100 cached / 0 computed" in proc.stdout
@@ -64,7 +69,7 @@ def test_second_run_takes_every_feature_from_the_cache(published_s3):
     assert features.pop("precision_from") == first_features["precision_from"] == "--precision"
     assert features == {"cache": published_s3["cache"], "from_cache": 100, "computed": 0,
                         "spot_checked": 8}
-    # Before publishing, the 20 validation images went through VGG16 again (float32, as
+    # Before publishing, the 20 validation images went through the base again (float32, as
     # served): their cached features are theirs, and the exported graph gives the head's
     # scores on the first 16 of them; the accuracy TF Serving will answer is recorded.
     check = metrics["cross_check"]
@@ -76,13 +81,16 @@ def test_second_run_takes_every_feature_from_the_cache(published_s3):
     first, second = read_manifest(published_s3["version_uri"]), read_manifest(
         f"{models}/demo/2")
     assert first.raw["metrics"] == second.raw["metrics"]
+    assert second.raw["base_model"]["source"] == base_uri
+    assert second.raw["base_model"]["weights_sha256"] == \
+        first.raw["base_model"]["weights_sha256"]
 
 
 def test_an_existing_version_is_never_overwritten(published_s3):
     before = open_location(published_s3["version_uri"]).read_bytes(MANIFEST_FILE)
     proc = run_cli("trainer", "train", "--data", published_s3["data"],
                    "--output", published_s3["models"], "--model-name", "demo",
-                   "--weights", "none", "--cache", published_s3["cache"], "--version", "1",
+                   *published_s3["base_args"], "--cache", published_s3["cache"], "--version", "1",
                    "--quiet")
     assert proc.returncode == 2, proc.stderr
     assert "version 1 of model 'demo' already exists" in proc.stderr

@@ -77,11 +77,11 @@ def warmup_calls(version_dir: Path) -> list[dict]:
     return calls
 
 
-def signature_calls(tiny_model) -> list[dict]:
+def signature_calls(model) -> list[dict]:
     import tensorflow as tf
     from PIL import Image
 
-    images = [tiny_model.image(fmt)[1] for fmt in ("JPEG", "PNG", "GIF", "BMP")]
+    images = [model.image(fmt)[1] for fmt in ("JPEG", "PNG", "GIF", "BMP")]
     with Image.open(io.BytesIO(images[0])) as im:
         pixels = np.asarray(im.convert("RGB").resize((224, 224)), dtype=np.float32)[None]
     example = tf.train.Example(features=tf.train.Features(feature={
@@ -105,11 +105,13 @@ def run_under(python: Path, model_dir: Path, calls: list[dict], tmp_path: Path) 
 
 
 def test_models_load_and_answer_the_same_under_the_serving_images_tensorflow(
-        tiny_model, serving_runtime, tmp_path):
-    calls = signature_calls(tiny_model) + warmup_calls(tiny_model.version_dir)
+        vgg16_model, serving_runtime, tmp_path):
+    """On a real VGG16 export (0.5 GB of variables restored by name, as TF Serving does)."""
+    model = vgg16_model
+    calls = signature_calls(model) + warmup_calls(model.version_dir)
     assert len(calls) >= 5  # 3 signatures, and the warmup records (predict and classify)
-    served = run_under(serving_runtime, tiny_model.version_dir, calls, tmp_path)
-    trained = run_under(Path(sys.executable), tiny_model.version_dir, calls, tmp_path)
+    served = run_under(serving_runtime, model.version_dir, calls, tmp_path)
+    trained = run_under(Path(sys.executable), model.version_dir, calls, tmp_path)
     assert served["tensorflow"] == SERVING_TF_VERSION
     assert trained["tensorflow"].startswith("2.21")
     assert {"serving_default", "predict_images", "classify"} <= set(served["signatures"])
@@ -126,6 +128,6 @@ def test_models_load_and_answer_the_same_under_the_serving_images_tensorflow(
     # And they are the trainer's own predictions for those images.
     default = served["results"][0]
     labels, _ = default["label"]
-    paths = [tiny_model.image(fmt)[0] for fmt in ("JPEG", "PNG", "GIF", "BMP")]
-    expected = [tiny_model.classes[int(np.argmax(tiny_model.expected[p]))] for p in paths]
+    paths = [model.image(fmt)[0] for fmt in ("JPEG", "PNG", "GIF", "BMP")]
+    expected = [model.classes[int(np.argmax(model.expected[p]))] for p in paths]
     assert labels == expected
