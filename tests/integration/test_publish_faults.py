@@ -13,6 +13,7 @@ import pytest
 
 from contract.manifest import MANIFEST_FILE, parse_manifest
 from tests.conftest import REPO, run_cli
+from tests.integration.holding_proxy import HoldingProxy
 from tools.seaweed import SeaweedFS
 from trainer.sample_data import write_sample_data
 
@@ -30,28 +31,38 @@ def own_store(tmp_path):
     store.stop()
 
 
-def start_training(tmp_path, store, version: int) -> tuple[subprocess.Popen, object]:
+def start_training(tmp_path, store, version: int, base_args: list[str]
+                   ) -> tuple[subprocess.Popen, HoldingProxy]:
+    """The trainer, talking to `store` through a proxy that freezes the upload once a file
+    of `version` is on its way (holding_proxy.py)."""
     data = tmp_path / "data"
     if not data.exists():
         write_sample_data(str(data), num_classes=2, per_class=3, seed=2, quiet=True)
+    proxy = HoldingProxy(store.ports["s3.port"], f"PUT /models/faults/m/{version}/".encode())
     log = (tmp_path / f"train-{version}.log").open("w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "trainer", "train", "--data", str(data),
-         "--output", "s3://models/faults", "--model-name", "m", "--weights", "none",
+         "--output", "s3://models/faults", "--model-name", "m", *base_args,
          "--cache", str(tmp_path / "cache"), "--version", str(version), "--epochs", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=store.client_env(os.environ))
-    return proc, log
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        env={**store.client_env(os.environ), "AWS_ENDPOINT_URL": proxy.endpoint})
+    proc.log = log
+    return proc, proxy
 
 
-def wait_for_upload(proc, log, timeout=300) -> None:
+def wait_for_upload(proc, proxy: HoldingProxy, timeout=300) -> None:
+    """Until a file of the version is being uploaded, and frozen there by the proxy."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log.seek(0)
-        if "uploading version" in log.read():
-            return
-        assert proc.poll() is None, "trainer ended before uploading"
-        time.sleep(0.05)
-    raise AssertionError("the upload never started")
+    while not proxy.held.wait(0.05):
+        assert proc.poll() is None, "trainer ended before uploading: " + read(proc.log)
+        assert time.monotonic() < deadline, "the upload never started"
+    log = read(proc.log)
+    assert "uploading version" in log and "published s3://" not in log
+
+
+def read(log) -> str:
+    log.seek(0)
+    return log.read()
 
 
 def stored(store, prefix: str) -> list[str]:
@@ -60,13 +71,15 @@ def stored(store, prefix: str) -> list[str]:
     return [o["Key"] for o in resp.get("Contents", [])]
 
 
-def test_store_down_mid_publish_exits_3_and_leaves_no_manifest(tmp_path, own_store):
-    proc, log = start_training(tmp_path, own_store, version=5)
-    wait_for_upload(proc, log)
+def test_store_down_mid_publish_exits_3_and_leaves_no_manifest(tmp_path, own_store,
+                                                               tiny_args):
+    proc, proxy = start_training(tmp_path, own_store, 5, tiny_args)
+    wait_for_upload(proc, proxy)
     own_store.stop()
+    proxy.release()  # the frozen requests go on, to a store that is gone
     assert proc.wait(180) == 3
-    log.seek(0)
-    output = log.read()
+    proxy.close()
+    output = read(proc.log)
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "object store" in errors[0], output[-3000:]
 
@@ -75,7 +88,7 @@ def test_store_down_mid_publish_exits_3_and_leaves_no_manifest(tmp_path, own_sto
 
     # Once the store is back, the same command publishes that version cleanly.
     proc = run_cli("trainer", "train", "--data", str(tmp_path / "data"),
-                   "--output", "s3://models/faults", "--model-name", "m", "--weights", "none",
+                   "--output", "s3://models/faults", "--model-name", "m", *tiny_args,
                    "--cache", str(tmp_path / "cache"), "--version", "5", "--epochs", "1",
                    "--quiet", env=own_store.env(), check=True)
     keys = stored(own_store, "faults/m/5/")
@@ -86,9 +99,12 @@ def test_store_down_mid_publish_exits_3_and_leaves_no_manifest(tmp_path, own_sto
     assert "published s3://models/faults/m/5" in proc.stdout
 
 
-def test_sigterm_mid_publish_removes_the_partial_upload(tmp_path, own_store):
-    proc, log = start_training(tmp_path, own_store, version=9)
-    wait_for_upload(proc, log)
+def test_sigterm_mid_publish_removes_the_partial_upload(tmp_path, own_store, tiny_args):
+    proc, proxy = start_training(tmp_path, own_store, 9, tiny_args)
+    wait_for_upload(proc, proxy)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(120) == 128 + signal.SIGTERM
+    time.sleep(0.5)  # the signal lands while the upload is frozen...
+    proxy.release()  # ...then the uploads in flight finish, and the trainer cleans up
+    assert proc.wait(120) == 128 + signal.SIGTERM, read(proc.log)[-3000:]
+    proxy.close()
     assert stored(own_store, "faults/m/9/") == []  # cleaned up, and certainly no manifest
