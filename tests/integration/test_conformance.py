@@ -24,6 +24,7 @@ import yaml
 
 from tests.conftest import REPO, link_version
 from tests.integration.conftest import CONFIG_DIR
+from tests.integration.savedmodels import write_waiting_model
 from tools.model_server import LocalServer
 
 pytestmark = pytest.mark.slow
@@ -103,29 +104,30 @@ def test_model_name_and_base_path_mean_what_they_mean_in_the_image(tiny_model, t
     assert server.stop() == 0
 
 
-def test_rest_run_timeouts_and_queue_expiry_answer_504_and_429(tiny_model, tmp_path):
+def test_rest_run_timeouts_and_queue_expiry_answer_504_and_429(tmp_path):
+    """A model whose runs last what the request asks (savedmodels.py): one batch thread, a
+    3 s run, and a quick request queued behind it, under a 1 s REST timeout."""
+    write_waiting_model(tmp_path / "waiting" / "1")
     config = tmp_path / "batching.config"
     config.write_text("max_batch_size { value: 32 }\nbatch_timeout_micros { value: 0 }\n"
                       "num_batch_threads { value: 1 }\n")
-    server = LocalServer(["--model-name", "tiny", "--model-base-path",
-                          str(tiny_model.base_path), "--enable_batching",
+    server = LocalServer(["--model-name", "waiting", "--model-base-path",
+                          str(tmp_path / "waiting"), "--enable_batching",
                           f"--batching_parameters_file={config}",
                           "--rest_api_timeout_in_ms=1000"], tmp_path / "server.log")
-    server.start(wait_for_model="tiny")
-    url = f"{server.rest_url}/v1/models/tiny:predict"
-    images = [base64.b64encode(d).decode() for _, d in tiny_model.files]
-    slow_body = {"instances": [{"b64": images[i % len(images)]} for i in range(32)]}
+    server.start(wait_for_model="waiting")
+    url = f"{server.rest_url}/v1/models/waiting:predict"
     results = {}
 
-    def post(name, body):
-        results[name] = requests.post(url, json=body, timeout=120)
+    def post(name, seconds):
+        results[name] = requests.post(url, json={"instances": [seconds]}, timeout=120)
 
     try:
-        # 32 images take seconds on this CPU; the single image waits behind them in the queue.
-        slow = threading.Thread(target=post, args=("slow", slow_body))
+        # The 3 s run outlasts the timeout; the quick request waits behind it in the queue.
+        slow = threading.Thread(target=post, args=("slow", 3.0))
         slow.start()
         time.sleep(0.3)
-        post("queued", {"instances": [{"b64": images[0]}]})
+        post("queued", 0.0)
         slow.join()
         assert results["slow"].status_code == 504, results["slow"].text[:300]
         assert json.loads(results["slow"].text) == {
@@ -133,15 +135,16 @@ def test_rest_run_timeouts_and_queue_expiry_answer_504_and_429(tiny_model, tmp_p
         assert results["queued"].status_code == 429, results["queued"].text[:300]
         assert results["queued"].json() == {
             "error": "Run() timeout exceeded while waiting in batching queue"}
-        # Alone and quick, the same request succeeds, once the 32-image batch (which runs on
+        # Alone and quick, the same request succeeds, once the 3 s batch (which runs on
         # after its request timed out, as in TF Serving) has left the batch thread.
         deadline = time.monotonic() + 60
         while True:
-            quick = requests.post(url, json={"instances": [{"b64": images[0]}]}, timeout=60)
+            quick = requests.post(url, json={"instances": [0.0]}, timeout=60)
             if quick.status_code == 200 or time.monotonic() > deadline:
                 break
             assert quick.status_code in (429, 504), quick.text[:300]
             time.sleep(0.5)
         assert quick.status_code == 200, quick.text[:300]
+        assert quick.json() == {"predictions": [0.0]}
     finally:
         assert server.stop() == 0
