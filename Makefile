@@ -15,7 +15,7 @@ UV_VERSION := 0.13.8
 IMAGE_TAG ?= 0.1.0
 KUBECTL := $(VENV)/bin/kubectl
 
-.PHONY: install test demo bench lint manifests images clean
+.PHONY: install test soak demo bench lint manifests images clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=20 $(PYTEST_ARGS)
+
+# The long fixed-window runs `make test` leaves out (the two-minute load soak); CI runs both.
+soak: install
+	$(PY) -m pytest --soak --durations=5 $(PYTEST_ARGS)
 
 demo: install
 	$(PY) -m tools.demo
