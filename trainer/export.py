@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import keras
 import tensorflow as tf
@@ -65,19 +66,22 @@ class Classifier(tf.Module):
         self.num_classes = len(classes)
         self.labels = tf.saved_model.Asset(str(labels_file))  # copied to assets/labels.txt
         # The network and the decoding are each traced once and shared by the signatures
-        # (tracing is most of an export's time).
-        self.predict = tf.function(
-            lambda images: model(images, training=False),
-            input_signature=[tf.TensorSpec([None, *IMAGE_SIZE, 3], tf.float32)],
-            autograph=False)
-        self.decode = tf.function(preprocess_batch,
-                                  input_signature=[tf.TensorSpec([None], tf.string)],
-                                  autograph=False)
+        # (tracing is most of an export's time). They are kept out of the module's tracked
+        # attributes: the signatures call them, and saving them again as functions of their
+        # own would trace them a second time for nothing.
+        self._traced = SimpleNamespace(
+            predict=tf.function(
+                lambda images: model(images, training=False),
+                input_signature=[tf.TensorSpec([None, *IMAGE_SIZE, 3], tf.float32)],
+                autograph=False),
+            decode=tf.function(preprocess_batch,
+                               input_signature=[tf.TensorSpec([None], tf.string)],
+                               autograph=False))
 
     def _scores(self, preprocessed: tf.Tensor) -> tf.Tensor:
         """Class probabilities; an empty batch skips the network (oneDNN's convolution
         fails on zero images)."""
-        return tf.cond(tf.shape(preprocessed)[0] > 0, lambda: self.predict(preprocessed),
+        return tf.cond(tf.shape(preprocessed)[0] > 0, lambda: self._traced.predict(preprocessed),
                        lambda: tf.zeros([0, self.num_classes], tf.float32))
 
     def _outputs(self, preprocessed: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -103,7 +107,7 @@ class Classifier(tf.Module):
 
     def _from_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         """Every output for every item; the network sees only the good images."""
-        images, positions, errors = self.decode(image_bytes)
+        images, positions, errors = self._traced.decode(image_bytes)
         n = tf.shape(image_bytes, out_type=tf.int64)[0]
         good = self._scores(images)
         scores = tf.scatter_nd(positions[:, None], good,
