@@ -27,7 +27,12 @@ from contract.storage import TRANSFER_WORKERS, Location
 from trainer.data import Contents, ImageSet, Skipped, take
 from trainer.model import FEATURE_DIM, BaseModel, feature_function
 from trainer.precision import FEATURE_TOLERANCE
-from trainer.preprocessing import PREPROCESSING_VERSION, decode_and_resize, preprocess_image_bytes
+from trainer.preprocessing import (
+    PREPROCESSING_VERSION,
+    as_graph_code,
+    decode_and_resize,
+    preprocess_image_bytes,
+)
 
 UNDECODABLE = "cannot be decoded by TensorFlow (corrupt or truncated)"
 
@@ -131,7 +136,7 @@ def image_pipeline(contents: Sequence[bytes], fn, batch_size: int) -> tf.data.Da
     """
     ds = tf.data.Dataset.from_tensor_slices(
         (tf.range(len(contents), dtype=tf.int64), tf.constant(list(contents), dtype=tf.string)))
-    ds = ds.map(lambda i, b: (i, fn(b)), num_parallel_calls=tf.data.AUTOTUNE,
+    ds = ds.map(as_graph_code(lambda i, b: (i, fn(b))), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     ds = ds.ignore_errors(log_warning=False)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -167,7 +172,7 @@ def image_batches(contents: Sequence[bytes], fn, batch_size: int):
 
     ds = tf.data.Dataset.from_generator(windows, output_signature=(
         tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string))).unbatch()
-    ds = ds.map(lambda i, b: (i, fn(b)), num_parallel_calls=tf.data.AUTOTUNE,
+    ds = ds.map(as_graph_code(lambda i, b: (i, fn(b))), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     ds = ds.ignore_errors(log_warning=False).batch(batch_size).prefetch(2)
     for idx, batch in ds:

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.model import BaseModel, build_head, compile_for_training, full_model, head_model
-from trainer.preprocessing import preprocess_image_bytes
+from trainer.preprocessing import as_graph_code, preprocess_image_bytes
 
 
 @dataclass
@@ -30,7 +30,8 @@ def batches(n: int, element, batch_size: int, seed: int | None) -> tf.data.Datas
     ds = tf.data.Dataset.range(n)
     if seed is not None:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(as_graph_code(element), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -72,7 +73,8 @@ def predict_images(base: BaseModel, head: keras.layers.Dense, contents: list[byt
                    batch_size: int) -> np.ndarray:
     """The whole network's probabilities for encoded images (--no-cache)."""
     bs = tf.constant(contents, dtype=tf.string)
-    ds = tf.data.Dataset.from_tensor_slices(bs).map(preprocess_image_bytes).batch(batch_size)
+    ds = tf.data.Dataset.from_tensor_slices(bs).map(as_graph_code(preprocess_image_bytes)
+                                                    ).batch(batch_size)
     return full_model(base, head).predict(ds, verbose=0)
 
 
@@ -94,5 +96,5 @@ def fit_end_to_end(base: BaseModel, train_contents: list[bytes], train_y: np.nda
 
     val_ds = dataset(val_contents, val_y, None)
     history = _fit(model, dataset(train_contents, train_y, seed), val_ds, epochs, verbose)
-    probabilities = model.predict(val_ds.map(lambda x, _y: x), verbose=0)
+    probabilities = model.predict(val_ds.map(as_graph_code(lambda x, _y: x)), verbose=0)
     return FitResult(history, head, probabilities)
