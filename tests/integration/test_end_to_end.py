@@ -4,9 +4,10 @@ pull -> serve -> classify, then a newer version rolled out under load.
 This is the one end-to-end run of the real network (random weights: no download here): the
 0.5 GB export, its upload, the puller's verified download and the server's load all happen
 at full size. The first version is trained through the CLI (S3 data, S3 models, S3 feature
-cache). The second is trained while no client is asking (on 2 cores, clients hammering VGG16
-for the whole run only slowed the trainer), with the puller stopped; the clients start, then
-the puller is started again and brings it: the swap happens while they ask.
+cache). The second, on the tiny base (a user changing the base keeps the model's name), is
+trained while no client is asking, with the puller stopped; the clients start, then the
+puller is started again and brings it: the swap happens while they ask, and every answer is
+wholly one version's.
 """
 
 from __future__ import annotations
@@ -30,12 +31,16 @@ from tools.model_server import LocalServer
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
 
-def train(published: dict, version: int) -> None:
+def train(published: dict, version: int, *base: str) -> dict:
+    """Publish `version` (VGG16 unless `base` says otherwise); returns its report."""
     # float32: served scores are compared with the report's to 1e-5, which holds when the
     # feature pass has the exported graph's arithmetic.
     run_cli("trainer", "train", "--data", published["data"], "--output", published["models"],
-            "--model-name", "demo", "--weights", "none", "--cache", published["cache"],
-            "--precision", "float32", "--version", str(version), "--quiet", check=True)
+            "--model-name", "demo", *(base or ("--weights", "none")), "--cache",
+            published["cache"], "--precision", "float32", "--version", str(version),
+            "--quiet", check=True)
+    return json.loads(open_location(published["models"]).read_bytes(
+        f"demo/{version}/assets.extra/report/metrics.json"))
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +51,7 @@ def vgg16_s3(seaweed) -> dict:
             "--seed", "3", "--quiet", check=True)
     published = {"data": data, "models": f"s3://{MODELS_BUCKET}/{unique('e2e')}",
                  "cache": f"s3://{CACHE_BUCKET}/{unique('e2e')}"}
-    train(published, 1)
-    return {**published, "version_uri": f"{published['models']}/demo/1"}
+    return {**published, "report": train(published, 1)}
 
 
 def wait_for(condition, timeout: float = 180) -> None:
@@ -57,10 +61,9 @@ def wait_for(condition, timeout: float = 180) -> None:
         time.sleep(0.25)
 
 
-def test_train_publish_pull_serve_classify_and_roll_out(vgg16_s3, tmp_path):
+def test_train_publish_pull_serve_classify_and_roll_out(vgg16_s3, tiny_args, tmp_path):
     models = vgg16_s3["models"]  # holds version 1 of "demo"
-    report = json.loads(open_location(vgg16_s3["version_uri"]).read_bytes(
-        "assets.extra/report/metrics.json"))
+    report = vgg16_s3["report"]
     assert report["base_model"]["name"] == "vgg16" and \
         report["base_model"]["feature_dim"] == 4096
     val = report["validation"]["predictions"]
@@ -93,18 +96,20 @@ def test_train_publish_pull_serve_classify_and_roll_out(vgg16_s3, tmp_path):
         # A newer version, arriving while clients keep asking, is picked up with no error.
         puller.send_signal(signal.SIGTERM)
         assert puller.wait(60) == 0
-        train(vgg16_s3, 2)
+        second = train(vgg16_s3, 2, *tiny_args)["validation"]["predictions"]
+        assert second[0]["path"] == val[0]["path"]  # same data, same seed: same split
         stop, failures, answered = threading.Event(), [], []
 
-        def client_loop():
+        def client_loop(index: int):
             with GrpcClient(server.grpc_target, timeout=120) as client:
                 while not stop.is_set():
                     try:
-                        answered.append(client.classify(images[:1], "demo")[0].label)
+                        answered.append((index, client.classify(images[:1], "demo")[0].scores))
                     except Exception as e:  # collected; the test fails below
                         failures.append(repr(e))
+                    time.sleep(0.01)
 
-        threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(2)]
+        threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(2)]
         for t in threads:
             t.start()
         wait_for(lambda: len(answered) >= 2)  # the clients are asking
@@ -112,13 +117,25 @@ def test_train_publish_pull_serve_classify_and_roll_out(vgg16_s3, tmp_path):
         with GrpcClient(server.grpc_target) as client:
             wait_for(lambda: [(v.version, v.state) for v in client.status("demo")] ==
                      [(2, "AVAILABLE"), (1, "END")])
-        settled = len(answered)
-        wait_for(lambda: len(answered) >= settled + 2)
+        settled = len(answered)  # each client answers twice more: its last one is from 2
+        wait_for(lambda: all(sum(i == index for i, _ in answered[settled:]) >= 2
+                             for index in range(2)))
         stop.set()
         for t in threads:
             t.join()
         assert failures == []
-        assert set(answered) == {val[0]["label"]}  # same data, same seed: same answer
+
+        def version_of(scores) -> int:
+            for version, expected in ((1, val[0]["scores"]), (2, second[0]["scores"])):
+                if np.allclose(scores, expected, atol=1e-5):
+                    return version
+            raise AssertionError(f"{scores} is neither version's answer")
+
+        # Each client: version 1 until the swap, version 2 after it, never back.
+        for index in range(2):
+            versions = [version_of(s) for i, s in answered if i == index]
+            assert versions[0] == 1 and versions[-1] == 2 and versions == sorted(versions), \
+                versions
         assert sorted(p.name for p in dest.iterdir()) == ["1", "2"]
     finally:
         stop_code = server.stop()
