@@ -112,9 +112,12 @@ def imagenet_weights_file() -> Path | None:
 def build_base(weights: str | None, seed: int, base_model: str = VGG16) -> BaseModel:
     """The base cut at fc2 and frozen: VGG16 (include_top=True) with the requested weights,
     or the network of a base model file (`weights` None: the file's own)."""
+    # Seeds Python, NumPy, TensorFlow and Keras for the run: the shuffles and the head's
+    # initial weights (and with --weights none, VGG16's) depend on --seed alone, whatever
+    # the process did before.
+    keras.utils.set_random_seed(seed)
     if base_model != VGG16:
         return _load_base_file(base_model)
-    keras.utils.set_random_seed(seed)  # --weights none: the random init is a function of seed
     if weights == "imagenet" and (baked := imagenet_weights_file()) is not None:
         log.info("ImageNet weights from %s (no download)", baked)
         try:
