@@ -5,10 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
-# Two workers on two cores: the suite spends much of its time starting processes and waiting
-# on them, so a second worker fills what one leaves idle. Each test module runs whole on one
-# worker, so its module fixtures are made once, and the modules sharing the trained S3 model
-# run on the same one (--dist loadfile, grouped by the scheduler in tests/conftest.py).
+# Two workers on two cores. Each test module runs whole on one worker, so its module
+# fixtures are made once (--dist loadfile), in the order tests/conftest.py gives them (the
+# modules marked slow first; --no-loadscope-reorder keeps it).
 TEST_WORKERS ?= 2
 UV_VERSION := 0.13.8
 
@@ -31,7 +30,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=20 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20 \
+		$(PYTEST_ARGS)
 
 # The long fixed-window runs `make test` leaves out (the two-minute load soak); CI runs both.
 soak: install

@@ -115,85 +115,25 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
-# Seconds each slow module of tests/integration/ took on 2 cores (summed per module, from a
-# full `make test` run). Under pytest-xdist (make test: -n 2 --dist loadfile) each worker
-# takes the next unit as it finishes one, in collection order, so the slowest go first and
-# the short ones fill the end: neither worker is left alone with a two-minute module at the
-# end of the run. Modules not named here take a few seconds. Only the order changes, never
-# what runs.
-MODULE_SECONDS = {
-    "test_lifecycle": 234, "test_reliability": 164, "test_end_to_end": 159,
-    "test_serving_lifecycle": 138, "test_trainer_bad_input": 138, "test_load": 136,
-    "test_trainer_local": 127, "test_sharded_extract": 102, "test_publish_faults": 91,
-    "test_fuzz": 66, "test_serving_rest": 62, "test_serving_grpc": 58, "test_conformance": 55,
-    "test_quickstart": 41, "test_newcomer": 40, "test_trainer_s3": 38,
-    "test_version_skew": 37, "test_store_admin": 36, "test_puller": 33,
-    "test_batch_isolation": 30, "test_container_env": 29, "test_signing": 21,
-    "test_quiet_cli": 16, "test_client": 15,
-}
-
-
-# Session fixtures worth building once per run rather than once per xdist worker, and the
-# modules using them: those modules run on one worker, one after another (make test runs
-# --dist loadfile, with the scheduler below). published_s3 is a full training run against
-# the store (about a minute and a half on 2 cores). Collection checks the list.
-SHARED_FIXTURE_MODULES = {
-    "published_s3": tuple(f"tests/integration/test_{name}.py" for name in
-                          ("security", "signing", "trainer_s3")),
-}
-GROUP_OF_MODULE = {m: f for f, modules in SHARED_FIXTURE_MODULES.items() for m in modules}
-
-
-def _group(module: str) -> str:
-    """A module's scheduling unit (module: its path in a node id): its shared fixture's
-    group, or the module itself."""
-    return GROUP_OF_MODULE.get(module, module)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_xdist_make_scheduler(config, log):
-    """--dist loadfile, with the modules of a shared fixture handed out as one unit.
-    (xdist_group marks cannot do it here: pytest 9 ignores the nodeid rewrite they rely on.)"""
-    if config.getvalue("dist") != "loadfile":
-        return None
-    # xdist otherwise re-sorts the units by their number of tests, which would put the
-    # one-test modules (the load test, the end-to-end run) last: keep the order above.
-    config.option.loadscopereorder = False
-    from xdist.scheduler import LoadScopeScheduling
-
-    class ModuleGroups(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return _group(nodeid.split("::", 1)[0])
-
-    return ModuleGroups(config, log)
-
-
 def pytest_collection_modifyitems(config, items):
-    """The slowest units first (modules, or a shared fixture's modules together; see
-    MODULE_SECONDS); tests keep their order within a module. Refuses a module that uses a
-    shared fixture without being listed in SHARED_FIXTURE_MODULES."""
+    """`make test` leaves the soak tests to `make soak` (pytest --soak), and vice versa.
+
+    Modules marked `slow` come first, the rest after, each group in collection order (a
+    stable sort: a module's tests keep their order). `make test` runs pytest-xdist with
+    --dist loadfile --no-loadscope-reorder, so each worker takes the next module as it
+    finishes one: the long modules start early and the many short ones even out the end."""
     soak = config.getoption("--soak")
     chosen = [item for item in items if (item.get_closest_marker("soak") is not None) == soak]
-    if len(chosen) < len(items):  # `make test` leaves the soak to `make soak`, and vice versa
+    if len(chosen) < len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in chosen])
         items[:] = chosen
+    items.sort(key=lambda item: not _module_marked(item, "slow"))
 
-    def module(item) -> str:
-        return item.nodeid.split("::", 1)[0]
 
-    for item in items:
-        for fixture, modules in SHARED_FIXTURE_MODULES.items():
-            if fixture in getattr(item, "fixturenames", ()) and module(item) not in modules:
-                raise pytest.UsageError(f"{module(item)} uses {fixture}: add it to "
-                                        "SHARED_FIXTURE_MODULES in tests/conftest.py")
-    seconds: dict[str, int] = {}
-    for item in {module(item): item for item in items}.values():
-        slow = item.path.parent.name == "integration"  # every module named is one of these
-        group = _group(module(item))
-        seconds[group] = seconds.get(group, 0) + (MODULE_SECONDS.get(item.path.stem, 0)
-                                                  if slow else 0)
-    # Stable: a unit's modules stay together, each module's tests in order.
-    items.sort(key=lambda item: (-seconds[_group(module(item))], _group(module(item))))
+def _module_marked(item, name: str) -> bool:
+    """The mark is on the module (pytestmark), not only on some of its tests."""
+    marks = getattr(item.module, "pytestmark", [])
+    return any(m.name == name for m in (marks if isinstance(marks, list) else [marks]))
 
 
 def unique(prefix: str) -> str:

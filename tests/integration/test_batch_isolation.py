@@ -21,7 +21,6 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tests.integration.conftest import http
 from tools.model_server import LocalServer
 
-pytestmark = pytest.mark.slow
 TIMEOUT = 120
 # Requests arriving within 400 ms ride in one batch, so "at the same instant" is reliable.
 GATHERING = "max_batch_size { value: 32 }\nbatch_timeout_micros { value: 400000 }\n" \

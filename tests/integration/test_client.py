@@ -11,8 +11,6 @@ from click.testing import CliRunner
 from serving.cli import cli
 from tests.integration.conftest import http
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def image_files(tiny_model, tmp_path_factory):

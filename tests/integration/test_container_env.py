@@ -68,6 +68,7 @@ def world(tmp_path_factory):
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.vgg16
 def test_trainer_uses_the_baked_imagenet_weights_read_only_and_offline(world):
     image_env = dockerfile_env(REPO / "trainer" / "Dockerfile")
     assert image_env["KERAS_HOME"] == "/opt/keras"  # what the test stands in for below

@@ -28,7 +28,7 @@ from serving.client import GrpcClient, RestClient
 from tests.conftest import CACHE_BUCKET, DATA_BUCKET, MODELS_BUCKET, REPO, run_cli, unique
 from tools.model_server import LocalServer
 
-pytestmark = [pytest.mark.slow, pytest.mark.s3]
+pytestmark = [pytest.mark.s3, pytest.mark.slow, pytest.mark.vgg16]
 
 
 def train(published: dict, version: int, *base: str) -> dict:

@@ -22,7 +22,7 @@ from serving.store import ModelFolder
 from tests.conftest import MODELS_BUCKET, REPO, run_cli, unique
 from tools.model_server import LocalServer
 
-pytestmark = pytest.mark.s3
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
 POLL_S = 1  # the puller's --interval and the server's config and file-system polls
 

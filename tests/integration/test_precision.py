@@ -12,6 +12,8 @@ from trainer.precision import FEATURE_TOLERANCE
 from trainer.preprocessing import preprocess_image_bytes
 from trainer.sample_data import write_sample_data
 
+pytestmark = pytest.mark.vgg16
+
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):

@@ -20,7 +20,7 @@ from tests.conftest import MODELS_BUCKET, REPO, aws_env_of, run_cli, unique
 from tools.seaweed import SeaweedFS
 from trainer.publish import publish
 
-pytestmark = pytest.mark.s3
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
 
 def make_version(tmp: Path, model: str, version: int, seed: str = "") -> tuple[Path, list,

@@ -22,7 +22,7 @@ from tests.conftest import REPO
 from tests.integration.test_container_env import DEAD_PROXY, write_legacy_vgg16_weights
 from trainer.sample_data import write_sample_data
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.vgg16]
 MARKER = "<!-- quickstart: tests/integration/test_quickstart.py runs this block verbatim -->"
 
 

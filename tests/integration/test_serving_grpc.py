@@ -20,7 +20,6 @@ from tensorflow_serving.apis import (
 
 from tests.integration.conftest import http
 
-pytestmark = pytest.mark.slow
 TIMEOUT = 60
 
 

@@ -10,8 +10,6 @@ import pytest
 
 from tests.integration.conftest import http, http_json
 
-pytestmark = pytest.mark.slow
-
 
 def b64(data: bytes) -> dict:
     return {"b64": base64.b64encode(data).decode()}

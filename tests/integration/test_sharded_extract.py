@@ -16,7 +16,7 @@ from contract.storage import open_location
 from tests.conftest import CACHE_BUCKET, DATA_BUCKET, MODELS_BUCKET, REPO, run_cli, unique
 from trainer.extract import shard_of
 
-pytestmark = pytest.mark.s3
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
 SHARDS = 3
 SEED = ["--seed", "4"]

@@ -14,6 +14,8 @@ from PIL import Image
 from trainer.cli import cli
 from trainer.sample_data import write_sample_data
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def train(tiny_args):
@@ -140,6 +142,7 @@ def test_bad_and_odd_files_are_skipped_and_listed(train, tmp_path, small_data):
     assert "8 skipped" in result.stdout
 
 
+@pytest.mark.vgg16  # builds VGG16 to load the file into
 def test_unreadable_weights_file(tmp_path, small_data):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5")

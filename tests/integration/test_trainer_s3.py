@@ -11,7 +11,7 @@ from contract.manifest import MANIFEST_FILE, parse_manifest
 from contract.storage import open_location
 from tests.conftest import CACHE_BUCKET, MODELS_BUCKET, run_cli, unique
 
-pytestmark = [pytest.mark.s3, pytest.mark.slow]
+pytestmark = pytest.mark.s3
 
 
 def read_manifest(version_uri: str):

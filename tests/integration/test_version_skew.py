@@ -27,7 +27,7 @@ RUNTIME = Path(sys.prefix) / "tf-serving-runtime"  # inside the project's venv
 SERVING_TF_VERSION = "2.20.0"
 RUNNER = REPO / "tests" / "compat" / "run_signatures.py"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.vgg16]
 
 
 @pytest.fixture(scope="session")
