@@ -105,6 +105,18 @@ def test_a_busy_port_is_one_line_and_exit_2(which, tmp_path):
     assert time.monotonic() - started < 30  # refused before TensorFlow loads
 
 
+def test_the_server_starts_without_keras_and_what_keras_pulls_in(server):
+    """TensorFlow's import would load Keras 3, and Keras scikit-learn and matplotlib: 2.4 s
+    of every `serving local` start, for a server that never uses them."""
+    maps = Path(f"/proc/{server.process.pid}/maps")
+    if not maps.exists():
+        pytest.skip("needs Linux /proc to see what a process has loaded")
+    loaded = maps.read_text()
+    assert "_pywrap_tensorflow" in loaded  # TensorFlow is there, as it must be
+    for package in ("sklearn", "matplotlib"):
+        assert f"/{package}/" not in loaded, package
+
+
 # -- the client -----------------------------------------------------------------------------
 
 def test_rest_takes_host_port_like_grpc(server):
