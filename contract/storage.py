@@ -402,8 +402,15 @@ class S3Location(Location):
         keys = [{"Key": self._key(p)} for p in paths]
         with s3_errors("cannot delete from", self.uri):
             for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
-                s3_client().delete_objects(Bucket=self.bucket,
-                                           Delete={"Objects": keys[i:i + 1000], "Quiet": True})
+                answer = s3_client().delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": keys[i:i + 1000], "Quiet": True})
+                # A 200 can still refuse some keys: quiet mode lists only those.
+                if failed := answer.get("Errors"):
+                    first = failed[0]
+                    raise StorageError(
+                        f"cannot delete from {self.uri}: {len(failed)} of the objects were "
+                        f"not deleted ({first.get('Key')}: {first.get('Code')} "
+                        f"{first.get('Message', '')})".rstrip())
 
 
 def run_parallel(fn: Callable, items: Iterable, workers: int = TRANSFER_WORKERS) -> None:

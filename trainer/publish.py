@@ -7,7 +7,6 @@ output the folder is assembled under a hidden temporary name and renamed into pl
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -89,8 +88,12 @@ def _publish_remote(version_dir: Path, files: list[ManifestFile], models: Locati
     except (UserError, KeyboardInterrupt, SystemExit):
         # Best effort: remove what we uploaded. No manifest was written, so even if this
         # fails (the store is down) no reader will ever see the partial version.
-        with contextlib.suppress(UserError, OSError):
+        try:
             target.delete([f.path for f in files])
+        except (UserError, OSError) as e:
+            log.warning("could not remove the partial upload of version %d (%s); it has no "
+                        "manifest, so no reader will use it, and the next run of this "
+                        "version clears it", version, e)
         raise
     if race:  # another run published this version while we uploaded: its files are now ours
         raise already_published(model_name, version, target.uri)

@@ -107,4 +107,5 @@ def test_sigterm_mid_publish_removes_the_partial_upload(tmp_path, own_store, tin
     proxy.release()  # ...then the uploads in flight finish, and the trainer cleans up
     assert proc.wait(120) == 128 + signal.SIGTERM, read(proc.log)[-3000:]
     proxy.close()
-    assert stored(own_store, "faults/m/9/") == []  # cleaned up, and certainly no manifest
+    # cleaned up, and certainly no manifest
+    assert stored(own_store, "faults/m/9/") == [], read(proc.log)[-3000:]
