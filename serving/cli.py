@@ -90,6 +90,10 @@ def _flag(name: str, *more: str, **kw):
        help="Threads for one op (0: TensorFlow's default).")
 @_flag("tensorflow_inter_op_parallelism", type=int, default=0,
        help="Ops run in parallel (0: TensorFlow's default).")
+@_flag("mixed_precision", default="", envvar="MIXED_PRECISION", metavar="bfloat16",
+       help="bfloat16: run the models with grappler's oneDNN bfloat16 auto mixed precision "
+            "(matrix products and convolutions in bfloat16), as TF Serving's "
+            "--mixed_precision=bfloat16. Worth it on CPUs with AVX512-BF16 or AMX.")
 @_flag("enable_grpc_healthcheck_service", boolean=True, default=True,
        help="The grpc.health.v1 service (on by default here; off by default in TF Serving).")
 @_flag("max_request_bytes", type=int, default=defaults.MAX_REQUEST_BYTES,

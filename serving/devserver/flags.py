@@ -16,5 +16,5 @@ TF_SERVING_FLAGS = frozenset({
     "enable_serialization_as_tensor_content", "grpc_channel_arguments", "grpc_max_threads",
     "ssl_config_file", "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
     "tensorflow_inter_op_parallelism", "per_process_gpu_memory_fraction",
-    "platform_config_file", "enable_profiler", "xla_cpu_compilation_enabled",
+    "platform_config_file", "enable_profiler", "xla_cpu_compilation_enabled", "mixed_precision",
 })

@@ -51,6 +51,7 @@ class ServerOptions:
     tensorflow_intra_op_parallelism: int = 0
     tensorflow_inter_op_parallelism: int = 0
     enable_grpc_healthcheck_service: bool = True
+    mixed_precision: str = ""
     max_request_bytes: int = defaults.MAX_REQUEST_BYTES
 
 
@@ -74,6 +75,7 @@ def serve(options: ServerOptions) -> int:
         if options.enable_batching else None
 
     _size_thread_pools(options)
+    _set_mixed_precision(options.mixed_precision)
     metrics = Metrics(known_models={c.name for c in configs})
     warmup_inference = Inference()  # warmup runs each record directly on the new version
     manager = ModelManager(configs, options.file_system_poll_wait_seconds,
@@ -141,6 +143,22 @@ def _size_thread_pools(options: ServerOptions) -> None:
             tf.config.threading.set_inter_op_parallelism_threads(inter)
         log.info("TensorFlow thread pools: intra-op %s, inter-op %s", intra or "default",
                  inter or "default")
+
+
+def _set_mixed_precision(mode: str) -> None:
+    """--mixed_precision, as TF Serving 2.20 reads it (servables/tensorflow/
+    saved_model_bundle_factory.cc): "bfloat16" turns on grappler's
+    auto_mixed_precision_onednn_bfloat16 rewrite for every model the server runs; any other
+    non-empty value is a warning and float32."""
+    if not mode:
+        return
+    if mode != "bfloat16":
+        log.warning("%s auto mixed precision is not supported. Valid option: bfloat16", mode)
+        return
+    import tensorflow as tf
+
+    tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
+    log.info("Running inference with bfloat16 auto mixed precision")
 
 
 async def _run_rest(rest: RestApi | None, host: str, port: int, on_stop) -> None:

@@ -516,6 +516,33 @@ def test_egress_components_are_opt_in_and_valid(tmp_path, gpu, component):
         assert (cidr, port["port"]) == expected
 
 
+def test_bfloat16_serving_is_opt_in_and_lands_on_bfloat16_nodes(tmp_path, gpu):
+    """The bfloat16 component adds TF Serving's --mixed_precision=bfloat16 to the server and
+    nothing else, and schedules the serving pods only on nodes whose CPUs have AVX512-BF16
+    or AMX-BF16; the default overlay has neither."""
+    def tfserving(docs):
+        spec = pod_template(one(docs, "Deployment", "serving"))["spec"]
+        [server] = [c for c in spec["containers"] if c["name"] == "tfserving"]
+        return spec, server
+
+    spec, server = tfserving(gpu)
+    assert not any("mixed_precision" in a for a in server["args"]) and "affinity" not in spec
+    docs = render_with_components(tmp_path, "gpu", ["bfloat16-serving"])
+    for doc in docs:
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
+    spec, bf16_server = tfserving(docs)
+    assert bf16_server["args"] == server["args"] + ["--mixed_precision=bfloat16"]
+    assert "mixed_precision" in TF_SERVING_FLAGS  # serving local takes it too
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]
+    assert sorted(t["matchExpressions"][0]["key"] for t in terms) == [
+        "feature.node.kubernetes.io/cpu-cpuid.AMXBF16",
+        "feature.node.kubernetes.io/cpu-cpuid.AVX512BF16"]
+    assert [d for d in docs if d["kind"] != "Deployment"] == \
+        [d for d in gpu if d["kind"] != "Deployment"]
+
+
 def test_signing_keys_each_reach_only_their_side(tmp_path):
     """Production verifies signatures: the private key is mounted into the trainer alone, the
     public key into both puller containers, and the paths are the ones the CLIs read."""
