@@ -122,18 +122,29 @@ class Classifier(tf.Module):
             ERROR_OUTPUT: errors,
         }
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)],
-                 autograph=False)
+    def signatures(self) -> dict:
+        """The three signatures' concrete functions, each traced once. They are not
+        attributes of the module: saving traces a tracked tf.function again (under the save
+        context) although the signatures already hold its graph."""
+        def traced(method, spec: tf.TensorSpec):
+            return tf.function(method, input_signature=[spec],
+                               autograph=False).get_concrete_function()
+
+        return {
+            SERVING_DEFAULT: traced(self.serve_image_bytes,
+                                    tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)),
+            PREDICT_IMAGES: traced(self.serve_images, tf.TensorSpec(
+                [None, *IMAGE_SIZE, 3], tf.float32, name=IMAGES_INPUT)),
+            CLASSIFY: traced(self.serve_classify,
+                             tf.TensorSpec([None], tf.string, name=CLASSIFY_INPUT)),
+        }
+
     def serve_image_bytes(self, image_bytes):
         return self._from_bytes(image_bytes)
 
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, *IMAGE_SIZE, 3], tf.float32, name=IMAGES_INPUT)], autograph=False)
     def serve_images(self, images):
         return self._outputs(vgg_preprocess(images))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=CLASSIFY_INPUT)],
-                 autograph=False)
     def serve_classify(self, inputs):
         examples = tf.io.parse_example(
             inputs, {EXAMPLE_IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)})
@@ -150,11 +161,7 @@ def export_saved_model(model: keras.Model, classes: list[str], version_dir: Path
         labels = Path(tmp) / LABELS_FILE  # an Asset keeps its file name: assets/labels.txt
         labels.write_text("".join(f"{c}\n" for c in classes))
         module = Classifier(model, classes, labels)
-        signatures = {
-            SERVING_DEFAULT: module.serve_image_bytes.get_concrete_function(),
-            PREDICT_IMAGES: module.serve_images.get_concrete_function(),
-            CLASSIFY: module.serve_classify.get_concrete_function(),
-        }
+        signatures = module.signatures()
         module.track_captured_variables(signatures)
         tf.saved_model.save(module, str(version_dir), signatures=signatures)
     write_warmup(version_dir / WARMUP_FILE, warmup_images[:WARMUP_RECORDS])

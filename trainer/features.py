@@ -32,6 +32,7 @@ from trainer.preprocessing import (
     as_graph_code,
     decode_and_resize,
     preprocess_image_bytes,
+    traced_once,
 )
 
 UNDECODABLE = "cannot be decoded by TensorFlow (corrupt or truncated)"
@@ -136,7 +137,8 @@ def image_pipeline(contents: Sequence[bytes], fn, batch_size: int) -> tf.data.Da
     """
     ds = tf.data.Dataset.from_tensor_slices(
         (tf.range(len(contents), dtype=tf.int64), tf.constant(list(contents), dtype=tf.string)))
-    ds = ds.map(as_graph_code(lambda i, b: (i, fn(b))), num_parallel_calls=tf.data.AUTOTUNE,
+    ds = ds.map(as_graph_code(lambda i, b: (i, traced_once(fn)(b))),
+                num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     ds = ds.ignore_errors(log_warning=False)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -172,7 +174,8 @@ def image_batches(contents: Sequence[bytes], fn, batch_size: int):
 
     ds = tf.data.Dataset.from_generator(windows, output_signature=(
         tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string))).unbatch()
-    ds = ds.map(as_graph_code(lambda i, b: (i, fn(b))), num_parallel_calls=tf.data.AUTOTUNE,
+    ds = ds.map(as_graph_code(lambda i, b: (i, traced_once(fn)(b))),
+                num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     ds = ds.ignore_errors(log_warning=False).batch(batch_size).prefetch(2)
     for idx, batch in ds:
