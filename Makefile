@@ -14,7 +14,7 @@ UV_VERSION := 0.13.8
 IMAGE_TAG ?= 0.1.0
 KUBECTL := $(VENV)/bin/kubectl
 
-.PHONY: install test soak demo bench lint manifests images clean
+.PHONY: install test-runtime test soak demo bench lint manifests images clean
 
 install: $(STAMP)
 
@@ -29,7 +29,16 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -e '.[dev]'
 	@touch $(STAMP)
 
-test: install
+# TF Serving's TensorFlow (2.20), for the version-skew test: installed before the tests run,
+# and again only when its lock changes.
+RUNTIME_STAMP := $(VENV)/tf-serving-runtime/.lock-sha256
+$(RUNTIME_STAMP): requirements/tf-serving-runtime.lock $(STAMP)
+	$(PY) -m tests.compat.runtime
+	@touch $@
+
+test-runtime: $(RUNTIME_STAMP)
+
+test: install test-runtime
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20 \
 		$(PYTEST_ARGS)
 

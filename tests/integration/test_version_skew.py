@@ -4,13 +4,13 @@ way TF Serving loads it, and runs all three signatures and every warmup record t
 the answers must match TF 2.21's.
 
 TF 2.20 is installed into its own virtual environment from requirements/
-tf-serving-runtime.lock (hashes required), once, beside the project's venv.
+tf-serving-runtime.lock (hashes required), once, beside the project's venv
+(tests/compat/runtime.py).
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import subprocess
@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.compat.runtime import serving_runtime_python
 from tests.conftest import REPO
 
-LOCK = REPO / "requirements" / "tf-serving-runtime.lock"
-RUNTIME = Path(sys.prefix) / "tf-serving-runtime"  # inside the project's venv
 SERVING_TF_VERSION = "2.20.0"
 RUNNER = REPO / "tests" / "compat" / "run_signatures.py"
 
@@ -32,18 +31,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.vgg16]
 
 @pytest.fixture(scope="session")
 def serving_runtime() -> Path:
-    """Python of a venv holding TF 2.20 (built on first use; rebuilt when the lock changes)."""
-    python = RUNTIME / "bin" / "python"
-    stamp = RUNTIME / ".lock-sha256"
-    digest = hashlib.sha256(LOCK.read_bytes()).hexdigest()
-    if not (python.exists() and stamp.exists() and stamp.read_text() == digest):
-        uv = Path(sys.executable).parent / "uv"
-        subprocess.run([str(uv), "venv", "--quiet", "--allow-existing", "--python",
-                        sys._base_executable, str(RUNTIME)], check=True, timeout=300)
-        subprocess.run([str(uv), "pip", "install", "--quiet", "--require-hashes", "--python",
-                        str(python), "-r", str(LOCK)], check=True, timeout=1800)
-        stamp.write_text(digest)
-    return python
+    """Python of a venv holding TF 2.20 (tests/compat/runtime.py; `make test` builds it)."""
+    return serving_runtime_python()
 
 
 def tensor(value, dtype: str) -> dict:
