@@ -254,11 +254,20 @@ def features_apart(stored: np.ndarray, fresh: np.ndarray) -> np.ndarray:
     return np.abs(stored - fresh).max(axis=1, initial=0.0) / scale
 
 
+# Batch of the float32 checking passes. VGG16's float32 activations take about 25 MB an image
+# (block 1 alone 13 MB), twice the feature pass's bfloat16: at --batch-size 32 the
+# cross-check's first full batch raised a run's peak memory by 0.8 GB, so peak memory grew
+# with the validation set until it held 32 images. These passes see only the validation and
+# test images, and on a CPU a smaller batch computes as fast.
+CHECK_BATCH = 8
+
+
 def float32_features(contents: Sequence[bytes], base: BaseModel, batch_size: int
                      ) -> np.ndarray:
     """fc2 features in float32, the arithmetic of the exported graph, for images known to
-    decode (rows in order): the cross-check's reference and the test set's."""
-    decoded, vectors = recompute(contents, base, batch_size, "float32")
+    decode (rows in order): the cross-check's reference and the test set's. In batches of
+    at most CHECK_BATCH."""
+    decoded, vectors = recompute(contents, base, min(batch_size, CHECK_BATCH), "float32")
     if len(decoded) != len(contents):
         raise RuntimeError(f"{len(contents) - len(decoded)} images no longer decode")
     return vectors

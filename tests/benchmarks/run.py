@@ -685,7 +685,7 @@ def main() -> int:
     parser.add_argument("--onednn", action="store_true",
                         help="only compare TensorFlow's oneDNN kernels off and on (~4 min)")
     parser.add_argument("--scale", action="store_true",
-                        help="only peak memory of train at two dataset sizes (120 and 480 "
+                        help="only peak memory of train at two dataset sizes (120 and 960 "
                              "photos of ~1 MB; ~10 min)")
     parser.add_argument("--extraction", action="store_true",
                         help="only the trainer's feature pass against the bare model on the "
@@ -713,7 +713,7 @@ def main() -> int:
     if args.signing:
         figures = bench_signing(args.signing.absolute(), 3)
     elif args.scale:
-        figures = bench_scale((12, 48) if args.quick else (120, 480))
+        figures = bench_scale((12, 96) if args.quick else (120, 960))
     elif args.extraction:
         figures = [bench_extraction(data, statistics.median(
             extraction_seconds(data, i) for i in range(1 if args.quick else 2)), 1)]
