@@ -137,11 +137,15 @@ def image_pipeline(contents: Sequence[bytes], fn, batch_size: int) -> tf.data.Da
     """
     ds = tf.data.Dataset.from_tensor_slices(
         (tf.range(len(contents), dtype=tf.int64), tf.constant(list(contents), dtype=tf.string)))
-    ds = ds.map(as_graph_code(lambda i, b: (i, traced_once(fn)(b))),
-                num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
-    ds = ds.ignore_errors(log_warning=False)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return _decoded(ds, fn).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _decoded(indexed: tf.data.Dataset, fn) -> tf.data.Dataset:
+    """(index, image bytes) -> (index, fn(bytes)), in parallel and in order; an image `fn`
+    fails on is dropped (its index goes missing)."""
+    ds = indexed.map(as_graph_code(lambda i, b: (i, traced_once(fn)(b))),
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.ignore_errors(log_warning=False)
 
 
 # Images read on demand enter the pipeline a window of this many batches at a time: memory
@@ -174,10 +178,7 @@ def image_batches(contents: Sequence[bytes], fn, batch_size: int):
 
     ds = tf.data.Dataset.from_generator(windows, output_signature=(
         tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string))).unbatch()
-    ds = ds.map(as_graph_code(lambda i, b: (i, traced_once(fn)(b))),
-                num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
-    ds = ds.ignore_errors(log_warning=False).batch(batch_size).prefetch(2)
+    ds = _decoded(ds, fn).batch(batch_size).prefetch(2)
     for idx, batch in ds:
         yield idx.numpy(), batch
 

@@ -199,38 +199,8 @@ def images(data: Path) -> list[bytes]:
     return [p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file()]
 
 
-def latency_in_process(fn, image: bytes, n: int) -> list[float]:
-    import tensorflow as tf
-
-    for _ in range(5):
-        fn(image_bytes=tf.constant([image]))
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn(image_bytes=tf.constant([image]))["scores"].numpy()
-        times.append(time.perf_counter() - t)
-    return times
-
-
-def phone_photo(seed: int = 0) -> bytes:
-    """A 12 MP JPEG as a phone takes it (4032x3024, noise over gradients: photo-like
-    entropy, about 1-3 MB)."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:3024, 0:4032]
-    base = np.stack([(x * rng.uniform(0.02, 0.06) + y * rng.uniform(0.02, 0.06)) % 256
-                     for _ in range(3)], axis=-1)
-    pixels = np.clip(base + rng.normal(0, 16, base.shape), 0, 255).astype(np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="JPEG", quality=90)
-    return out.getvalue()
-
-
 def timed(call, n: int, warmup: int = 5) -> list[float]:
+    """Seconds of each of `n` calls, after `warmup` untimed ones."""
     for _ in range(warmup):
         call()
     times = []
@@ -239,6 +209,42 @@ def timed(call, n: int, warmup: int = 5) -> list[float]:
         call()
         times.append(time.perf_counter() - t)
     return times
+
+
+def latency_in_process(fn, image: bytes, n: int) -> list[float]:
+    import tensorflow as tf
+
+    return timed(lambda: fn(image_bytes=tf.constant([image]))["scores"].numpy(), n)
+
+
+def photo_pixels(rng, width: int, height: int, slope: tuple[float, float], noise: float):
+    """Photo-like RGB pixels (noise over gradients: a photo's entropy, so a JPEG of them
+    weighs what a photo does)."""
+    import numpy as np
+
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([(x * rng.uniform(*slope) + y * rng.uniform(*slope)) % 256
+                     for _ in range(3)], axis=-1)
+    return np.clip(base + rng.normal(0, noise, base.shape), 0, 255).astype(np.uint8)
+
+
+def phone_photo(seed: int = 0) -> bytes:
+    """A 12 MP JPEG as a phone takes it (4032x3024, about 5 MB)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(photo_pixels(np.random.default_rng(seed), 4032, 3024, (0.02, 0.06), 16)
+                    ).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def one_image_at_a_time(client, pool: list[bytes]):
+    """A call classifying the pool's next image alone (the pool in turn), for throughput()."""
+    counter = iter(range(10**9))
+    return lambda: client.classify([pool[next(counter) % len(pool)]], "bench")
 
 
 def network_alone(images: dict[str, bytes], n: int) -> dict[str, float]:
@@ -264,14 +270,7 @@ def latency_grpc(target: str, image: bytes, n: int) -> list[float]:
     from serving.client import GrpcClient
 
     with GrpcClient(target) as client:
-        for _ in range(5):
-            client.classify([image], "bench")
-        times = []
-        for _ in range(n):
-            t = time.perf_counter()
-            client.classify([image], "bench")
-            times.append(time.perf_counter() - t)
-    return times
+        return timed(lambda: client.classify([image], "bench"), n)
 
 
 def latency_rest(url: str, image: bytes, n: int) -> list[float]:
@@ -378,10 +377,8 @@ def bench_serving(version_dir: Path, data: Path, n: int, seconds: float) -> list
                 f"p99 {pct(times, 0.99) * 1e3:.0f} ms vs {pct(in_process, 0.99) * 1e3:.0f} ms; "
                 f"{n} sequential requests"))
 
-        counter = iter(range(10**9))
         with GrpcClient(server.grpc_target, timeout=120) as client:
-            off, off_errors = throughput(
-                lambda: client.classify([pool[next(counter) % len(pool)]], "bench"), 8, seconds)
+            off, off_errors = throughput(one_image_at_a_time(client, pool), 8, seconds)
         log(f"8 clients, batching off: {off:.2f} img/s, {off_errors} errors")
 
         # 6b: a new version appearing -> served.
@@ -416,12 +413,10 @@ def bench_serving(version_dir: Path, data: Path, n: int, seconds: float) -> list
     # speeds of two moments as much as the two ways of serving.
     ons, ins, on_errors = [], [], 0
     try:
-        counter = iter(range(10**9))
         with GrpcClient(batched_server.grpc_target, timeout=120) as client:
+            call = one_image_at_a_time(client, pool)
             for _ in range(2):
-                rate, errors = throughput(
-                    lambda: client.classify([pool[next(counter) % len(pool)]], "bench"), 8,
-                    seconds)
+                rate, errors = throughput(call, 8, seconds)
                 ons.append(rate)
                 on_errors += errors
                 ins.append(in_process_batched())
@@ -475,11 +470,7 @@ def bench_bfloat16(per_class: int, seconds: float) -> list[Figure]:
             with GrpcClient(server.grpc_target, timeout=300) as client:
                 answers = [a for i in range(0, len(held_out), 16)
                            for a in client.classify(held_out[i:i + 16], "bench")]
-                counter = iter(range(10**9))
-                rate, errors = throughput(
-                    lambda c=client, k=counter: c.classify([pool[next(k) % len(pool)]],
-                                                           "bench"),
-                    8, seconds)
+                rate, errors = throughput(one_image_at_a_time(client, pool), 8, seconds)
         finally:
             server.stop()
         results[precision] = (np.array([a.scores for a in answers]), rate, errors)
@@ -581,20 +572,16 @@ def bench_signing(version_dir: Path, repeats: int) -> list[Figure]:
 # scale: peak memory of a training run against the dataset's size (issue 14)
 
 def large_photos(folder: Path, count: int, seed: int = 0) -> None:
-    """`count` 1600x1200 JPEGs of about 1 MB (noise over gradients: photo-like entropy),
-    half in each of two classes."""
+    """`count` 1600x1200 JPEGs of about 1 MB (photo_pixels), half in each of two classes."""
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:1200, 0:1600]
     for i in range(count):
         target = folder / ("a" if i % 2 else "b") / f"photo_{i:04d}.jpg"
         target.parent.mkdir(parents=True, exist_ok=True)
-        base = np.stack([(x * rng.uniform(0.05, 0.15) + y * rng.uniform(0.05, 0.15)) % 256
-                         for _ in range(3)], axis=-1)
-        noisy = np.clip(base + rng.normal(0, 24, base.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(noisy).save(target, quality=90)
+        Image.fromarray(photo_pixels(rng, 1600, 1200, (0.05, 0.15), 24)).save(target,
+                                                                              quality=90)
 
 
 def peak_rss_mb(*args: str) -> float:

@@ -156,8 +156,7 @@ class Clients:
 
     def __init__(self, target: str, image: bytes, n: int = 4):
         self.target, self.image = target, image
-        self.answers: list[tuple[float, int]] = []  # (sent, version)
-        self.received: list[tuple[float, int]] = []  # (answered, version)
+        self.answers: list[tuple[float, float, int]] = []  # (sent, answered, version)
         self.failures: list[str] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
@@ -177,8 +176,7 @@ class Clients:
                 try:
                     response = client._call(protos.PREDICT, request)
                     version = response.model_spec.version.value
-                    self.received.append((time.monotonic(), version))
-                    self.answers.append((sent, version))
+                    self.answers.append((sent, time.monotonic(), version))
                 except Exception as e:  # noqa: BLE001 - every failure is the finding
                     self.failures.append(f"{type(e).__name__}: {e}")
 
@@ -195,7 +193,7 @@ class Clients:
     def first_answer_from(self, version: int, after: float, timeout: float = 60) -> float:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            hits = [t for t, v in list(self.answers) if v == version and t >= after]
+            hits = [t for t, _, v in list(self.answers) if v == version and t >= after]
             if hits:
                 return min(hits)
             time.sleep(0.05)
@@ -206,8 +204,8 @@ class Clients:
         """The versions that answered requests sent once an answer from `version` had come
         back (the server had switched by then). Send times alone would not do: of two
         clients' requests, the one sent later can reach the server first."""
-        switched = min(t for t, v in self.received if v == version and t >= after)
-        return {v for t, v in self.answers if t > switched}
+        switched = min(t for _, t, v in self.answers if v == version and t >= after)
+        return {v for t, _, v in self.answers if t > switched}
 
 
 def wait_for(predicate, what: str, timeout: float = 120) -> None:
@@ -308,7 +306,7 @@ def test_hostile_labels_change_nothing_the_server_serves(stack, hostile):
     with Clients(server.grpc_target, stack["image"], n=2) as clients:
         time.sleep(3 * POLL_S + 1)  # three puller syncs and server polls
     assert clients.failures == []
-    assert {v for _, v in clients.answers} == {before.labels["stable"]}
+    assert {v for *_, v in clients.answers} == {before.labels["stable"]}
     after = read_state(config)
     assert after.labels == before.labels
     log = Path(stack["puller_log"]).read_text()

@@ -19,6 +19,11 @@ def classify_all(tiny_model, server: LocalServer) -> np.ndarray:
     return np.array([a.scores for a in answers])
 
 
+def trainers_scores(tiny_model) -> np.ndarray:
+    """The trainer's own float32 probabilities for every image, in the order served."""
+    return np.array([tiny_model.expected[path] for path, _ in tiny_model.files])
+
+
 def serve(tiny_model, tmp_path, *flags: str) -> tuple[np.ndarray, str]:
     server = LocalServer(["--model-name", tiny_model.name, "--model-base-path",
                           str(tiny_model.base_path), *flags], tmp_path / "server.log")
@@ -35,7 +40,7 @@ def serve(tiny_model, tmp_path, *flags: str) -> tuple[np.ndarray, str]:
                            "emulate bfloat16, and grappler's rewrite may leave the graph as it is")
 def test_bfloat16_serving_moves_the_scores_a_little_and_the_answers_not_at_all(tiny_model,
                                                                                 tmp_path):
-    expected = np.array([tiny_model.expected[path] for path, _ in tiny_model.files])
+    expected = trainers_scores(tiny_model)
     scores, log = serve(tiny_model, tmp_path, "--mixed_precision=bfloat16")
     assert "Running inference with bfloat16 auto mixed precision" in log
     assert list(scores.argmax(axis=1)) == list(expected.argmax(axis=1))
@@ -44,7 +49,7 @@ def test_bfloat16_serving_moves_the_scores_a_little_and_the_answers_not_at_all(t
 
 
 def test_another_mixed_precision_is_tf_servings_warning_and_float32(tiny_model, tmp_path):
-    expected = np.array([tiny_model.expected[path] for path, _ in tiny_model.files])
+    expected = trainers_scores(tiny_model)
     scores, log = serve(tiny_model, tmp_path, "--mixed_precision", "float16")
     assert "float16 auto mixed precision is not supported. Valid option: bfloat16" in log
     np.testing.assert_allclose(scores, expected, atol=1e-5)
