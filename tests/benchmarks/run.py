@@ -401,39 +401,41 @@ def bench_serving(version_dir: Path, data: Path, n: int, seconds: float) -> list
     batch = tf.constant((pool * 32)[:32])
     fn(image_bytes=batch)
 
-    def in_process_batched() -> float:
+    def in_process_batched(seconds: float) -> float:
         started, count = time.perf_counter(), 0
         while time.perf_counter() - started < seconds:
             fn(image_bytes=batch)["scores"].numpy()
             count += 32
         return count / (time.perf_counter() - started)
 
-    # Alternating windows, twice each (the idle server costs nothing meanwhile): this
-    # machine's speed changes from minute to minute, and one window of each compared the
-    # speeds of two moments as much as the two ways of serving.
-    ons, ins, on_errors = [], [], 0
+    # Six alternating pairs of short windows (the idle server costs nothing meanwhile), and
+    # the median of the pairs' ratios: this machine's speed changes from one minute to the
+    # next by up to 20%, and longer windows compared two moments as much as two ways of
+    # serving.
+    window, ratios, on_errors = seconds / 2, [], 0
     try:
         with GrpcClient(batched_server.grpc_target, timeout=120) as client:
             call = one_image_at_a_time(client, pool)
-            for _ in range(2):
-                rate, errors = throughput(call, 8, seconds)
-                ons.append(rate)
+            for _ in range(6):
+                rate, errors = throughput(call, 8, window)
                 on_errors += errors
-                ins.append(in_process_batched())
+                in_rate = in_process_batched(window)
+                ratios.append((rate, in_rate))
                 log(f"8 clients, batching on: {rate:.2f} img/s, {errors} errors; in-process "
-                    f"batches of 32: {ins[-1]:.2f} img/s")
+                    f"batches of 32: {in_rate:.2f} img/s")
     finally:
         batched_server.stop()
-    on, in_batched = statistics.mean(ons), statistics.mean(ins)
+    ratio = statistics.median(on / ins for on, ins in ratios)
+    on = statistics.median(on for on, _ in ratios)
+    in_batched = statistics.median(ins for _, ins in ratios)
 
     figures += [
         Figure("throughput, 8 clients: batching on / in-process batched (32)",
-               on / in_batched, ">= 0.95 and 0 errors",
-               on / in_batched >= 0.95 and on_errors == 0,
-               f"on {on:.2f} img/s ({on_errors} errors), off {off:.2f} img/s "
-               f"({off_errors} errors), in-process {in_batched:.2f} img/s; means of two "
-               f"alternating {seconds:.0f} s windows (on {ons[0]:.2f}, {ons[1]:.2f}; "
-               f"in-process {ins[0]:.2f}, {ins[1]:.2f})"),
+               ratio, ">= 0.95 and 0 errors", ratio >= 0.95 and on_errors == 0,
+               f"median of 6 alternating pairs of {window:.0f} s windows; on {on:.2f} img/s "
+               f"({on_errors} errors), off {off:.2f} img/s ({off_errors} errors), "
+               f"in-process {in_batched:.2f} img/s (medians); pair ratios "
+               + ", ".join(f"{a / b:.2f}" for a, b in ratios)),
         Figure("server start to model AVAILABLE (s)", statistics.median(
             [startup, batched_startup]), "(reported)", True,
             f"{startup:.1f} s and {batched_startup:.1f} s (process start, TF import, load, "
