@@ -18,7 +18,7 @@ def test_the_project_config_files():
     assert model.model_version_policy.latest.num_versions == 1
     batching = config.load_batching(CONFIG_DIR / "batching.config", cpu_count=2)
     assert batching.max_batch_size == 32 and batching.num_batch_threads == 1
-    assert batching.max_enqueued_batches == 8 and batching.batch_timeout_micros == 0
+    assert batching.max_enqueued_batches == 8 and batching.batch_timeout_micros == 10000
     assert config.load_monitoring(CONFIG_DIR / "monitoring.config") == \
         "/monitoring/prometheus/metrics"
 
