@@ -64,9 +64,11 @@ def base_model_options(note: str):
     def decorate(command):
         command = click.option(
             "--weights", default=None, envvar="WEIGHTS",
-            help="VGG16's weights: 'imagenet', 'none' (random, for tests and offline use), or "
-                 "a Keras .h5/.weights.h5 file (local path or s3://). Only with --base-model "
-                 f"vgg16. [default: imagenet]{note}")(command)
+            help="VGG16's weights: 'imagenet'; 'auto' (ImageNet's if they are cached or can "
+                 "be downloaded, otherwise random ones, with a warning: for a first try "
+                 "offline); 'none' (random, for tests); or a Keras .h5/.weights.h5 file (local "
+                 "path or s3://). Only with --base-model vgg16. The manifest records the "
+                 f"weights used. [default: imagenet]{note}")(command)
         return click.option(
             "--base-model", default=defaults.VGG16, show_default=True, envvar="BASE_MODEL",
             help="The frozen network the head sits on: 'vgg16', or a Keras model file "
@@ -184,6 +186,12 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
                f"{m['features']['computed']} computed ({m['features']['precision']}); "
                f"{'signed by key ' + result.signed_by if result.signed_by else 'unsigned'}; "
                f"{time.perf_counter() - started:.1f} s)")
+    from trainer.job import REPORT_SUBDIR
+    from trainer.report import CONFUSION_FILE, CURVES_FILE
+
+    copy = f"; a copy in {report_dir}" if report_dir else ""
+    click.echo(f"report: {result.uri}/{REPORT_SUBDIR}/ (metrics.json, {CURVES_FILE}, "
+               f"{CONFUSION_FILE}){copy}")
 
 
 @cli.command()

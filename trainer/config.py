@@ -21,6 +21,9 @@ DEFAULT_SEED = 0
 DEFAULT_CACHE_CHECK = 8  # a few seconds of VGG16 per run; catches a cache poisoned at scale
 # Model names become URL path segments (/v1/models/<name>) and k8s-friendly labels.
 WEIGHT_FILE_SUFFIXES = (".h5", ".weights.h5", ".hdf5")
+# VGG16's own weight choices, no file needed. auto: ImageNet's when they can be had (cached
+# or downloaded), otherwise random ones with a loud warning (a first run offline).
+VGG16_WEIGHTS = ("imagenet", "auto", "none")
 VGG16 = "vgg16"  # --base-model's default (trainer.model builds it)
 BASE_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")  # Keras 3 files, legacy whole-model HDF5
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -102,8 +105,7 @@ def resolve_weights(base_model: str, weights: str | None) -> str | None:
                              "weights; --weights applies to --base-model vgg16")
         return None
     weights = weights or "imagenet"
-    if weights not in ("imagenet", "none") and \
-            not weights.lower().endswith(WEIGHT_FILE_SUFFIXES):
-        raise InputError(f"--weights {weights}: expected 'imagenet', 'none', or a Keras "
-                         f"weights file ending in {', '.join(WEIGHT_FILE_SUFFIXES)}")
+    if weights not in VGG16_WEIGHTS and not weights.lower().endswith(WEIGHT_FILE_SUFFIXES):
+        raise InputError(f"--weights {weights}: expected 'imagenet', 'auto', 'none', or a "
+                         f"Keras weights file ending in {', '.join(WEIGHT_FILE_SUFFIXES)}")
     return weights

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,20 +119,28 @@ def build_base(weights: str | None, seed: int, base_model: str = VGG16) -> BaseM
     keras.utils.set_random_seed(seed)
     if base_model != VGG16:
         return _load_base_file(base_model)
-    if weights == "imagenet" and (baked := imagenet_weights_file()) is not None:
+    if weights in ("imagenet", "auto") and (baked := imagenet_weights_file()) is not None:
         log.info("ImageNet weights from %s (no download)", baked)
+        weights = "imagenet"
         try:
             vgg = keras.applications.VGG16(include_top=True, weights=str(baked))
         except Exception as e:  # h5py/Keras raise OSError, ValueError, KeyError...
             raise InputError(f"ImageNet weights file {baked} cannot be loaded "
                              f"({type(e).__name__}: {e}); delete it to download again") from e
-    elif weights == "imagenet":
+    elif weights in ("imagenet", "auto"):
         try:
             vgg = keras.applications.VGG16(include_top=True, weights="imagenet")
+            weights = "imagenet"
         except Exception as e:  # Keras raises plain Exception("URL fetch failure ...")
-            raise StorageError("cannot download the ImageNet VGG16 weights "
-                               f"({type(e).__name__}: {e}); the trainer image has them built "
-                               "in, or use --weights none / a local file") from e
+            if weights == "imagenet":
+                raise StorageError(
+                    "cannot download the ImageNet VGG16 weights "
+                    f"({type(e).__name__}: {e}); the trainer image has them built in; or "
+                    "use --weights auto (random weights when offline), none, or a local "
+                    "file") from e
+            _warn_random_weights(f"{type(e).__name__}: {e}")
+            weights = "none"
+            vgg = keras.applications.VGG16(include_top=True, weights=None)
     elif weights == "none":
         vgg = keras.applications.VGG16(include_top=True, weights=None)
     else:
@@ -147,6 +156,17 @@ def build_base(weights: str | None, seed: int, base_model: str = VGG16) -> BaseM
                                    name="vgg16_fc2"))
     return BaseModel(features=features, weights=weights,
                      weights_sha256=weights_fingerprint(features))
+
+
+def _warn_random_weights(reason: str) -> None:
+    """--weights auto without ImageNet's: said where nobody can miss it, quiet or not."""
+    line = "!" * 78
+    print(f"{line}\n!! --weights auto: the ImageNet weights cannot be downloaded "
+          f"({reason[:80]}).\n!! Training on RANDOM VGG16 weights: the same pipeline, far "
+          f"weaker features.\n!! The manifest records weights 'none'. With network access, "
+          f"run again.\n{line}", file=sys.stderr, flush=True)
+    log.warning("--weights auto: ImageNet weights unavailable (%s); random VGG16 weights",
+                reason)
 
 
 def _frozen(model: keras.Model) -> keras.Model:

@@ -15,7 +15,7 @@ from pathlib import Path
 from contract.errors import InputError, UserError
 from contract.manifest import MANIFEST_FILE
 from contract.storage import open_location
-from trainer.config import VGG16, TrainConfig
+from trainer.config import VGG16, VGG16_WEIGHTS, TrainConfig
 from trainer.publish import already_published
 
 
@@ -52,7 +52,7 @@ def check_base_files(base_model: str, weights: str | None) -> None:
     file)."""
     if base_model != VGG16:
         check_weights_file(base_model, "--base-model")
-    elif weights not in ("imagenet", "none"):
+    elif weights not in VGG16_WEIGHTS:
         check_weights_file(weights)
 
 
@@ -67,6 +67,6 @@ def check_weights_file(uri: str, flag: str = "--weights") -> Path | None:
     path = Path(uri.removeprefix("file://")).expanduser()
     if not path.is_file():
         expected = ("'vgg16' or a Keras model file (.keras, .h5)" if flag == "--base-model"
-                    else "'imagenet', 'none', or a Keras .h5/.weights.h5 file")
+                    else "'imagenet', 'auto', 'none', or a Keras .h5/.weights.h5 file")
         raise InputError(f"{flag} {uri}: no such file (expected {expected})")
     return path

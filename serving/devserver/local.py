@@ -87,7 +87,8 @@ def serve(options: ServerOptions) -> int:
                            config_file=options.model_config_file,
                            config_poll_seconds=options.model_config_file_poll_wait_seconds)
     started = time.perf_counter()
-    manager.start()
+    if not _initial_load(manager):
+        return 0
     log.info("initial load of %d model(s) finished in %.1f s", len(configs),
              time.perf_counter() - started)
 
@@ -127,6 +128,32 @@ def serve(options: ServerOptions) -> int:
         manager.stop()
         log.info("stopped")
     return 0
+
+
+class _StopRequested(Exception):
+    pass
+
+
+def _initial_load(manager: ModelManager) -> bool:
+    """manager.start(), which may wait for a first version for as long as none appears.
+    SIGTERM or Ctrl-C meanwhile stops the server as cleanly as once it serves (exit 0):
+    False. Nothing is listening yet, so there is nothing to drain."""
+    def stop_requested(signum, frame):
+        raise _StopRequested(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, stop_requested) for sig in (signal.SIGTERM,
+                                                                    signal.SIGINT)}
+    try:
+        manager.start()
+        return True
+    except _StopRequested as e:
+        log.info("%s before any model was served: stopping", e)
+        manager.stop()
+        log.info("stopped")
+        return False
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _size_thread_pools(options: ServerOptions) -> None:

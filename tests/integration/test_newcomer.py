@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -52,7 +53,9 @@ def test_the_base_path_hint_names_what_was_found(model_tree, tmp_path):
 
 
 @pytest.mark.slow
-def test_serving_local_says_where_it_looked_while_it_waits(model_tree, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_serving_local_says_where_it_looked_while_it_waits(model_tree, tmp_path, stop):
+    """...and stops as cleanly as a serving one, while it waits: Ctrl-C or SIGTERM, exit 0."""
     log = tmp_path / "server.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "serving", "local", "--model-name",
@@ -65,8 +68,10 @@ def test_serving_local_says_where_it_looked_while_it_waits(model_tree, tmp_path)
             assert proc.poll() is None, log.read_text()[-2000:]
             time.sleep(0.3)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        proc.send_signal(stop)
+        code = proc.wait(30)
+    assert code == 0, log.read_text()[-2000:]
+    assert "Aborted!" not in log.read_text() and "Traceback" not in log.read_text()
     [line] = [json.loads(x) for x in log.read_text().splitlines()
               if x.startswith("{") and "waiting for the first version" in x][:1]
     assert line["message"] == (

@@ -1,14 +1,14 @@
 """The README's quickstart ("your own photos, no S3, no Docker"), run verbatim.
 
 The block is read from README.md and run by bash in a folder holding `photos/` (two classes
-of generated images) and `.venv` (this environment). The quickstart trains with the default
-`--weights imagenet`; with no network here, Keras' cache holds a random-weight VGG16 in the
-ImageNet file's place (as the trainer image's baked copy would be), and any download attempt
-would fail at once.
+of generated images), `new-photos/` (held-out ones) and `.venv` (this environment), as a
+newcomer's machine has it: an empty Keras cache and no network (a dead proxy makes any
+download fail at once). `--weights auto` then trains on random VGG16 weights, and says so.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.integration.test_container_env import DEAD_PROXY, write_legacy_vgg16_weights
+from tests.integration.test_container_env import DEAD_PROXY
 from trainer.sample_data import write_sample_data
 
 pytestmark = [pytest.mark.slow, pytest.mark.vgg16]
@@ -51,17 +51,22 @@ def test_the_readme_quickstart_runs_as_written(tmp_path):
     work.mkdir()
     (work / ".venv").symlink_to(Path(sys.prefix))
     write_sample_data(str(work / "photos"), num_classes=2, per_class=6, seed=21, quiet=True)
-    keras_home = tmp_path / "keras"
-    write_legacy_vgg16_weights(
-        keras_home / "models" / "vgg16_weights_tf_dim_ordering_tf_kernels.h5", seed=1)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
-    env.update(KERAS_HOME=str(keras_home), HTTPS_PROXY=DEAD_PROXY, HTTP_PROXY=DEAD_PROXY,
-               PYTHONPATH=str(REPO))
+    write_sample_data(str(tmp_path / "held-out"), num_classes=2, per_class=2, seed=22,
+                      quiet=True)
+    (work / "new-photos").mkdir()
+    for photo in (tmp_path / "held-out").glob("*/*"):  # one flat folder, as a user has it
+        photo.rename(work / "new-photos" / photo.name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "KERAS"))}
+    env.update(KERAS_HOME=str(tmp_path / "empty-keras-home"), HTTPS_PROXY=DEAD_PROXY,
+               HTTP_PROXY=DEAD_PROXY, PYTHONPATH=str(REPO))
     proc = subprocess.run(["bash", "-e", "-c", block], cwd=work, env=env, capture_output=True,
                           text=True, timeout=900, start_new_session=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("photos/")]
-    jpgs = sorted(str(p.relative_to(work)) for p in (work / "photos").glob("*/*.jpg"))
-    assert sorted(r[0] for r in rows) == jpgs and jpgs
-    assert all(r[1] in ("circle", "square") for r in rows)
-    assert list((work / "models" / "mine").iterdir())  # the published version
+    assert "Training on RANDOM VGG16 weights" in proc.stderr  # offline, and said so
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("new-photos/")]
+    held_out = sorted(f"new-photos/{p.name}" for p in (work / "new-photos").iterdir())
+    assert sorted(r[0] for r in rows) == held_out and len(held_out) == 4
+    assert all(r[1] in ("circle", "square") for r in rows), proc.stdout
+    [version] = (work / "models" / "mine").iterdir()  # the published version...
+    manifest = json.loads((version / "_MANIFEST.json").read_text())
+    assert manifest["base_model"]["weights"] == "none"  # ...says which weights it has

@@ -294,7 +294,9 @@ def test_labels_on_versions_not_loaded_need_tf_servings_flag(tiny_model, tmp_pat
     (["--model-config-file", str(CONFIG_DIR / "batching.config")], "model config file"),
 ])
 def test_bad_configuration_is_exit_2_with_one_line(args, message):
-    proc = subprocess.run([sys.executable, "-m", "serving", "local", *args],
+    # Ports 0: any free ones (8500 may be someone else's; a port in use is its own exit 2).
+    proc = subprocess.run([sys.executable, "-m", "serving", "local", *args, "--port", "0",
+                           "--rest-api-port", "0"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith(("error:", "Error:"))]

@@ -163,7 +163,7 @@ def test_weights_must_name_a_keras_file(tmp_path, small_data):
     result = CliRunner().invoke(cli, ["train", *common(tmp_path, small_data), "--weights",
                                       "resnet", "--quiet"])
     assert result.exit_code == 2
-    assert "expected 'imagenet', 'none', or a Keras weights file" in error_line(result)
+    assert "expected 'imagenet', 'auto', 'none', or a Keras weights file" in error_line(result)
 
 
 def base_file(path: Path, build) -> Path:
