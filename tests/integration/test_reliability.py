@@ -121,11 +121,15 @@ def test_sigterm_during_feature_extraction_leaves_a_valid_cache(tiny_args, tmp_p
                              "--output", str(models), "--model-name", "m", *tiny_args,
                              "--cache", str(cache), "--batch-size", "1", "--quiet"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: len(list(cache.rglob("*.npy"))) >= 8 or proc.poll() is not None)
+    # Looked at closely: on the tiny base the whole pass takes a few seconds.
+    deadline = time.monotonic() + 300
+    while len(list(cache.rglob("*.npy"))) < 4 and proc.poll() is None:
+        assert time.monotonic() < deadline, "no cache entries after 300 s"
+        time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 128 + signal.SIGTERM
+    assert proc.wait(60) == 128 + signal.SIGTERM, "the run ended before the signal"
     entries = list(cache.rglob("*.npy"))
-    assert 8 <= len(entries) < 80, "the kill should land mid-extraction"
+    assert 4 <= len(entries) < 80, "the kill should land mid-extraction"
     for entry in entries:  # every entry is complete: atomic writes
         vector = np.load(entry)
         assert vector.shape == (WIDTH,) and np.isfinite(vector).all()
