@@ -174,9 +174,10 @@ def signing_keys(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def sample_s3(seaweed):
     """2 classes x 50 sample images in S3 (the issue's acceptance dataset)."""
+    from trainer.sample_data import write_sample_data
+
     uri = f"s3://{DATA_BUCKET}/sample-2x50"
-    run_cli("trainer", "sample-data", "--output", uri, "--classes", "2", "--per-class", "50",
-            "--quiet", check=True)
+    write_sample_data(uri, num_classes=2, per_class=50, seed=0, quiet=True)  # the CLI's default
     return uri
 
 
