@@ -265,10 +265,18 @@ def _transfer_config():
 @contextlib.contextmanager
 def s3_errors(what: str, uri: str) -> Iterator[None]:
     """Translate botocore failures (already retried) into one-line user errors."""
+    from boto3.exceptions import S3UploadFailedError
     from botocore import exceptions as bx
 
     try:
-        yield
+        try:
+            yield
+        except S3UploadFailedError as e:
+            # boto3's managed upload wraps the store's answer in a message string
+            # (boto3/s3/transfer.py, upload_file); the ClientError is its context.
+            if isinstance(e.__context__, bx.BotoCoreError | bx.ClientError):
+                raise e.__context__ from None
+            raise StorageError(f"{what} {uri}: {e}") from e
     except bx.NoCredentialsError as e:
         raise StorageError(f"{what} {uri}: no S3 credentials found; set AWS_ACCESS_KEY_ID and "
                            "AWS_SECRET_ACCESS_KEY (or use an instance/pod role)") from e

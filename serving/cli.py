@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -482,6 +483,9 @@ def gc(source, keep, dry_run) -> None:
 # The client.
 
 def _server_options(f):
+    f = click.option("--wait", "wait_s", type=float, default=0.0,
+                     help="First wait up to this many seconds for the model to be AVAILABLE "
+                          "(a server still starting); 0: do not wait.")(f)
     f = click.option("--verbose", is_flag=True,
                      help="Also show TensorFlow's native start-up lines.")(f)
     f = click.option("--timeout", type=float, default=30.0,
@@ -497,16 +501,22 @@ def _server_options(f):
     return f
 
 
-def _connect(grpc_target, rest_url, timeout, verbose=False):
-    from serving.client import ClientError, connect
+@contextlib.contextmanager
+def _connect(grpc_target, rest_url, timeout, verbose=False, model_name=None, wait_s=0.0):
+    """A client of the server; with wait_s, once `model_name` is AVAILABLE there."""
+    from serving.client import ClientError, connect, wait_until_available
 
     native_output(verbose)
     if bool(grpc_target) == bool(rest_url):
         raise click.UsageError("give exactly one of --grpc HOST:PORT or --rest URL")
     try:
-        return connect(grpc_target, rest_url, timeout)
+        client = connect(grpc_target, rest_url, timeout)
     except ClientError as e:
         raise click.UsageError(str(e)) from e
+    with client:
+        if wait_s > 0:
+            _client_call(lambda: wait_until_available(client, model_name, wait_s))
+        yield client
 
 
 def _client_call(fn):
@@ -526,12 +536,9 @@ def _client_call(fn):
 @click.option("--top-k", type=int, default=1, help="How many classes to show per image.")
 @click.option("--batch-size", type=int, default=16, help="Images per request.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
-@click.option("--wait", "wait_s", type=float, default=0.0,
-              help="First wait up to this many seconds for the model to be AVAILABLE (a "
-                   "server still starting); 0: do not wait.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def classify(grpc_target, rest_url, model_name, timeout, verbose, version, label, top_k,
-             batch_size, as_json, wait_s, images) -> None:
+def classify(grpc_target, rest_url, model_name, timeout, verbose, wait_s, version, label,
+             top_k, batch_size, as_json, images) -> None:
     """Classify image files with a served model."""
     import json
 
@@ -541,11 +548,7 @@ def classify(grpc_target, rest_url, model_name, timeout, verbose, version, label
         raise click.UsageError("--version and --label exclude each other")
     if top_k < 1 or batch_size < 1:
         raise click.UsageError("--top-k and --batch-size must be at least 1")
-    from serving.client import wait_until_available
-
-    with _connect(grpc_target, rest_url, timeout, verbose) as client:
-        if wait_s > 0:
-            _client_call(lambda: wait_until_available(client, model_name, wait_s))
+    with _connect(grpc_target, rest_url, timeout, verbose, model_name, wait_s) as client:
         results = _client_call(lambda: classify_files(client, list(images), model_name,
                                                       version, label, batch_size))
     failed = [(path, p.error) for path, p in results if p.error]
@@ -573,9 +576,9 @@ def classify(grpc_target, rest_url, model_name, timeout, verbose, version, label
 @cli.command()
 @_server_options
 @click.option("--version", type=int, help="Only this version.")
-def status(grpc_target, rest_url, model_name, timeout, verbose, version) -> None:
+def status(grpc_target, rest_url, model_name, timeout, verbose, wait_s, version) -> None:
     """Show a served model's versions and their states."""
-    with _connect(grpc_target, rest_url, timeout, verbose) as client:
+    with _connect(grpc_target, rest_url, timeout, verbose, model_name, wait_s) as client:
         versions = _client_call(lambda: client.status(model_name, version))
     click.echo(f"{'version':>12}  {'state':<10} status")
     for v in versions:
@@ -587,12 +590,15 @@ def status(grpc_target, rest_url, model_name, timeout, verbose, version) -> None
 @_server_options
 @click.option("--version", type=int, help="Ask for this version.")
 @click.option("--label", help="Ask for the version with this label.")
-def metadata(grpc_target, rest_url, model_name, timeout, verbose, version, label) -> None:
+def metadata(grpc_target, rest_url, model_name, timeout, verbose, wait_s, version,
+             label) -> None:
     """Show a served model's signatures (inputs and outputs)."""
-    with _connect(grpc_target, rest_url, timeout, verbose) as client:
+    with _connect(grpc_target, rest_url, timeout, verbose, model_name, wait_s) as client:
         info = _client_call(lambda: client.metadata(model_name, version, label))
     click.echo(f"model {model_name} version {info['version']}")
     for name, sig in info["signatures"].items():
+        if name.startswith("__"):  # __saved_model_init_op: the loader's, not a request's
+            continue
         click.echo(f"  {name}  {sig['method']}")
         for kind in ("inputs", "outputs"):
             for alias, desc in sig[kind].items():

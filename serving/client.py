@@ -196,9 +196,16 @@ class RestClient:
         requests = self._requests
         try:
             response = self.session.request(method, url, json=body, timeout=self.timeout)
+        except requests.Timeout as e:
+            raise ClientError(f"model server at {self.url} did not answer within "
+                              f"{self.timeout:g} s", 3) from e
+        except requests.ConnectionError as e:
+            raise ClientError(f"model server at {self.url} unreachable ({_reason(e)}): is it "
+                              "running, and is this its REST port (8501 by default; 8500 is "
+                              "gRPC)?", 3) from e
         except requests.RequestException as e:
             raise ClientError(f"model server at {self.url} unreachable: "
-                              f"{type(e).__name__}", 3) from e
+                              f"{type(e).__name__}: {e}", 3) from e
         try:
             payload = response.json()
         except ValueError:
@@ -330,3 +337,20 @@ def classify_files(client, paths: list[str], model: str, version: int | None = N
         predictions = client.classify([images[i] for i in chunk], model, version, label)
         results.update(zip(chunk, predictions, strict=True))
     return [(paths[i], results[i]) for i in range(len(paths))]
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost cause of a requests ConnectionError, in a few words: "Connection
+    refused", "Remote end closed connection without response" (an HTTP/2-only port)."""
+    seen = error
+    while True:
+        inner = getattr(seen, "reason", None) or (seen.args[0] if seen.args and
+                                                    isinstance(seen.args[0], BaseException)
+                                                    else None) or seen.__cause__
+        if not isinstance(inner, BaseException) or inner is seen:
+            break
+        seen = inner
+    text = str(seen.args[-1] if seen.args else seen)
+    if not text.isprintable() or type(seen).__name__ == "BadStatusLine":
+        return "the port answers, but not in HTTP/1.1: a gRPC port?"
+    return text.split(": ", 1)[-1] if "object at 0x" in text else text

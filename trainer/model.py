@@ -12,6 +12,7 @@ any width. A VGG16 fine-tuned earlier is one; the tests' tiny VGG16-shaped netwo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -129,7 +130,10 @@ def build_base(weights: str | None, seed: int, base_model: str = VGG16) -> BaseM
                              f"({type(e).__name__}: {e}); delete it to download again") from e
     elif weights in ("imagenet", "auto"):
         try:
-            vgg = keras.applications.VGG16(include_top=True, weights="imagenet")
+            # Keras prints "Downloading data from ..." and its progress bar to stdout: they
+            # go to stderr, with the other progress, and stdout keeps only results.
+            with contextlib.redirect_stdout(sys.stderr):
+                vgg = keras.applications.VGG16(include_top=True, weights="imagenet")
             weights = "imagenet"
         except Exception as e:  # Keras raises plain Exception("URL fetch failure ...")
             if weights == "imagenet":

@@ -38,7 +38,7 @@ def upload_folder(data: str, to: str, quiet: bool = False) -> UploadResult:
     todo = [f for f in files if present.get(f.path) != f.size]
     total = sum(f.size for f in todo)
     with tqdm(total=total, desc=f"uploading to {target.uri}", unit="B", unit_scale=True,
-              unit_divisor=1024, disable=quiet) as bar:
+              unit_divisor=1000, disable=quiet) as bar:  # MB, as the summary line says
         progress = ByteProgress(bar)
         run_parallel(lambda f: target.upload_file(f.path, Path(source.root) / f.path, progress),
                      todo)

@@ -72,13 +72,16 @@ def test_classify_table_version_and_label(server, tiny_model, image_files):
 
 @pytest.mark.parametrize("transport", ["grpc", "rest"])
 def test_status_and_metadata(server, transport):
-    result = invoke("status", *endpoints(server)[transport], "--model-name", "tiny")
+    result = invoke("status", *endpoints(server)[transport], "--model-name", "tiny",
+                    "--wait", "10")
     assert result.exit_code == 0, result.output
     rows = [line.split() for line in result.stdout.splitlines()[1:]]
     assert rows == [["2", "AVAILABLE", "OK"], ["1", "AVAILABLE", "OK"]]
     result = invoke("metadata", *endpoints(server)[transport], "--model-name", "tiny",
-                    "--label", "stable")
+                    "--label", "stable", "--wait", "10")
     assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1] == "  classify  tensorflow/serving/predict"
+    assert "__saved_model_init_op" not in result.stdout  # the loader's, not for requests
     assert "model tiny version 1" in result.stdout
     assert "input  image_bytes: DT_STRING [-1]" in result.stdout
     assert "input  images: DT_FLOAT [-1,224,224,3]" in result.stdout
@@ -133,6 +136,15 @@ def test_an_unreachable_server_is_exit_3(where, image_files):
     assert result.stderr.startswith("error: model server at 127.0.0.1:1") or \
         result.stderr.startswith("error: model server at http://127.0.0.1:1")
     assert result.stderr.count("\n") == 1
+
+
+def test_rest_pointed_at_the_grpc_port_says_so(server):
+    result = invoke("status", "--rest", f"http://{server.grpc_target}", "--model-name", "tiny")
+    assert result.exit_code == 3
+    [line] = result.stderr.splitlines()
+    assert line == (f"error: model server at http://{server.grpc_target} unreachable (the "
+                    "port answers, but not in HTTP/1.1: a gRPC port?): is it running, and is "
+                    "this its REST port (8501 by default; 8500 is gRPC)?")
 
 
 def test_usage_errors(image_files):

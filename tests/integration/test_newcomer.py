@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from serving.cli import cli as serving_cli
 from serving.layout import base_path_problem
-from tests.conftest import DATA_BUCKET, REPO, link_version, unique
+from tests.conftest import DATA_BUCKET, MODELS_BUCKET, REPO, link_version, run_cli, unique
 from trainer.cli import cli as trainer_cli
 from trainer.sample_data import write_sample_data
 
@@ -179,6 +179,19 @@ def test_upload_puts_a_folder_in_the_store_and_skips_what_is_there(seaweed, tmp_
     missing = CliRunner().invoke(trainer_cli, ["upload", "--data", str(tmp_path / "nope"),
                                                "--to", to])
     assert missing.exit_code == 2
+
+
+@pytest.mark.s3
+def test_upload_with_read_only_credentials_is_one_line_and_exit_3(seaweed, tmp_path):
+    """The puller's identity may read the models bucket but not write it."""
+    photos = tmp_path / "photos"
+    write_sample_data(str(photos), num_classes=2, per_class=1, seed=4, quiet=True)
+    proc = run_cli("trainer", "upload", "--data", str(photos), "--to",
+                   f"s3://{MODELS_BUCKET}/{unique('denied')}", "-q", env=seaweed.serving_env())
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert one_error_line(proc.stderr).startswith("error: cannot upload to s3://")
+    assert "access denied by the object store (AccessDenied)" in proc.stderr
 
 
 # -- decoder noise and the progress bar --------------------------------------------------------
