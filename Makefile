@@ -14,7 +14,7 @@ UV_VERSION := 0.13.8
 IMAGE_TAG ?= 0.1.0
 KUBECTL := $(VENV)/bin/kubectl
 
-.PHONY: install test-runtime test soak demo bench lint manifests images clean
+.PHONY: install test-runtime test soak demo s3 bench lint manifests images clean
 
 install: $(STAMP)
 
@@ -48,6 +48,10 @@ soak: install
 
 demo: install
 	$(PY) -m tools.demo
+
+# An S3 store on loopback for local use, without Docker (prints its export lines).
+s3: install
+	$(PY) -m tools.seaweed $(S3_ARGS)
 
 bench: install
 	$(PY) -m tests.benchmarks.run $(BENCH_ARGS)

@@ -195,3 +195,68 @@ class SeaweedFS:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+def main() -> None:
+    """`python -m tools.seaweed` (`make s3`): a store for local use, without Docker."""
+    import secrets
+    import signal
+
+    import click
+
+    @click.command()
+    @click.option("--dir", "data_dir", default=".s3", show_default=True,
+                  type=click.Path(file_okay=False, path_type=Path),
+                  help="Where the store keeps its data (kept between runs).")
+    @click.option("--port", default=8333, show_default=True,
+                  help="The S3 port on 127.0.0.1 (0: any free one).")
+    @click.option("--bucket", "buckets", multiple=True, default=("datasets", "models"),
+                  show_default=True, help="Buckets to create if missing (repeatable).")
+    def run(data_dir: Path, port: int, buckets: tuple[str, ...]) -> None:
+        """Run SeaweedFS's S3 store on loopback until Ctrl-C or SIGTERM, and print the
+        `export` lines that point the trainer, the puller and the AWS CLI at it. New
+        credentials each start; the data stays in --dir."""
+        if port and not _port_free(port):
+            raise click.UsageError(f"port {port} is in use (--port 0 takes a free one)")
+        store = SeaweedFS(data_dir.resolve() / "data", access_key="local-" + secrets.token_hex(4),
+                          secret_key=secrets.token_hex(16))
+        store.ports = {flag: free_port(store.host) for flag in PORT_FLAGS}
+        if port:
+            store.ports["s3.port"] = port
+        stop = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: stop.append(signum))
+        store.start()
+        try:
+            for bucket in buckets:
+                store.create_bucket(bucket)
+            env = store.env()
+            click.echo(f"# SeaweedFS S3 at {store.endpoint} (data in {data_dir}/; buckets: "
+                       f"{', '.join(buckets)}; log {store.log_path}). Ctrl-C stops it.")
+            for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                         "AWS_REGION"):
+                click.echo(f"export {name}={env[name]}")
+            sys.stdout.flush()
+            while not stop and store.process.poll() is None:
+                time.sleep(0.2)
+            if not stop:
+                raise click.ClickException(f"weed mini exited with {store.process.returncode}; "
+                                           f"see {store.log_path}")
+        finally:
+            store.stop()
+        click.echo("# stopped", err=True)
+
+    run(prog_name="python -m tools.seaweed")
+
+
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -228,3 +229,41 @@ def test_the_console_script_keeps_decoder_noise_out_of_the_output(tiny_args, tmp
     assert {"path": "circle/cut.jpg",
             "reason": "cannot be decoded by TensorFlow (corrupt or truncated)"} in \
         report["skipped"]
+
+
+# -- a store without Docker -------------------------------------------------------------------
+
+@pytest.mark.s3
+def test_make_s3_runs_a_store_and_prints_how_to_use_it(tmp_path):
+    """`python -m tools.seaweed` (`make s3`): the export lines it prints are all a shell
+    needs to upload to it; Ctrl-C stops the store, exit 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "tools.seaweed", "--dir", str(tmp_path / "s3"),
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    try:
+        lines = [proc.stdout.readline() for _ in range(5)]
+        assert lines[0].startswith("# SeaweedFS S3 at http://127.0.0.1:"), lines
+        exports = dict(line.removeprefix("export ").strip().split("=", 1) for line in lines[1:])
+        assert sorted(exports) == ["AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL", "AWS_REGION",
+                                   "AWS_SECRET_ACCESS_KEY"]
+        photos = tmp_path / "photos"
+        write_sample_data(str(photos), num_classes=2, per_class=1, seed=4, quiet=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        upload = run_cli("trainer", "upload", "--data", str(photos), "--to",
+                         "s3://datasets/mine", "-q", env={**env, **exports})
+        assert upload.returncode == 0, upload.stderr
+        assert "uploaded 2 files" in upload.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+    assert code == 0, proc.stderr.read()[-2000:]
+    assert not [p for p in _processes() if str(tmp_path / "s3") in p], "weed left running"
+
+
+def _processes() -> list[str]:
+    """Every process's command line (Linux /proc)."""
+    lines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):  # ended meanwhile
+            lines.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return lines
