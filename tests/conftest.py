@@ -87,6 +87,45 @@ def seaweed(tmp_path_factory):
 DISK_NEEDED_GB = 10
 
 
+def _stop_like_ctrl_c(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+_started = {}
+
+
+def pytest_configure(config):
+    """SIGTERM (CI cancelling a job, `timeout`, `kill`) stops a run as Ctrl-C does: fixtures
+    tear down, so the stores and servers they started stop and scratch space is cleaned.
+    (Each store and server also dies with the process that started it: tools/seaweed.py,
+    with_parent.)"""
+    import signal
+    import time
+
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
+    _started.update(config=config, at=time.monotonic(), modules=set())
+
+
+def pytest_runtest_logstart(nodeid, location):
+    """Progress between the dots: a line as each test module starts (the long ones come
+    first, and their first dot can be a minute away). In the controlling process only."""
+    import time
+
+    config = _started.get("config")
+    if config is None or os.environ.get("PYTEST_XDIST_WORKER") or \
+            config.get_verbosity() > 0:
+        return
+    module = nodeid.split("::")[0]
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if module in _started["modules"] or reporter is None:
+        return
+    _started["modules"].add(module)
+    elapsed = int(time.monotonic() - _started["at"])
+    if reporter._tw.width_of_current_line:  # after a row of dots
+        reporter.write("\n")
+    reporter.write_line(f"[{elapsed // 60}:{elapsed % 60:02d}] {module}")
+
+
 def pytest_addoption(parser):
     parser.addoption("--soak", action="store_true",
                      help="run only the soak tests (the long fixed windows of `make soak`)")

@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools.seaweed import free_port
+from tools.seaweed import free_port, with_parent
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ class LocalServer:
             cmd = [sys.executable, "-m", "serving", "local", "--port", str(self.grpc_port),
                    "--rest-api-port", str(self.rest_port), *self.args]
             log = self.log_path.open("ab")
-            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+            self.process = subprocess.Popen(with_parent(cmd), stdout=log, stderr=subprocess.STDOUT,
                                             cwd=REPO, env={**os.environ,
                                                            "TF_CPP_MIN_LOG_LEVEL": "2",
                                                            **self.env})

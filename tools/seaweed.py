@@ -53,6 +53,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def with_parent(args: list[str]) -> list[str]:
+    """`args`, run so that the process gets SIGTERM when the one that started it dies, however
+    it dies (SIGKILL included): util-linux's `setpriv --pdeathsig` (Linux's
+    PR_SET_PDEATHSIG, kept across exec). A test run or demo that is killed leaves no store or
+    server behind. Where setpriv is missing, `args` unchanged."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", *args] if setpriv and sys.platform == "linux" \
+        else args
+
+
 def weed_binary() -> str:
     beside_python = Path(sys.executable).parent / "weed"
     if beside_python.exists():
@@ -138,8 +148,9 @@ class SeaweedFS:
         env = {**self.client_env(os.environ), "AWS_ACCESS_KEY_ID": self.access_key,
                "AWS_SECRET_ACCESS_KEY": self.secret_key}
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        cwd=self.data_dir, start_new_session=True)
+        self.process = subprocess.Popen(with_parent(args), stdout=log,
+                                        stderr=subprocess.STDOUT, env=env, cwd=self.data_dir,
+                                        start_new_session=True)
         log.close()
         self._wait_ready(timeout)
 

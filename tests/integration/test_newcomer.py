@@ -267,3 +267,29 @@ def _processes() -> list[str]:
         with contextlib.suppress(OSError):  # ended meanwhile
             lines.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
     return lines
+
+
+@pytest.mark.s3
+def test_a_store_dies_with_the_process_that_started_it(tmp_path):
+    """A test run or demo killed outright (SIGKILL: no teardown) leaves no store behind."""
+    script = ("import sys, time; from pathlib import Path; from tools.seaweed import SeaweedFS; "
+              "s = SeaweedFS(Path(sys.argv[1]), access_key='orphan', secret_key='orphan-key'); "
+              "s.start(); print(s.process.pid, flush=True); time.sleep(300)")
+    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "store")],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    weed = int(parent.stdout.readline())
+    assert Path(f"/proc/{weed}").exists()
+    parent.kill()
+    parent.wait(30)
+    deadline = time.monotonic() + 30
+    while _alive(weed):
+        assert time.monotonic() < deadline, "the store outlived the process that started it"
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its (dead) parent's reaper."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
