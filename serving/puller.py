@@ -79,6 +79,17 @@ class Puller:
         self.dest_shown = str(dest)  # as the user wrote it, in messages
         self.model_name = self.source.uri.rstrip("/").rsplit("/", 1)[-1]
         self._check_dest()
+        # --dest the very folder --source names (a trainer's local --output): nothing to
+        # copy, nothing of it to remove; the sync only writes the server's models.config
+        # from the labels there, so a local server follows label, promote and rollback.
+        self.in_place = isinstance(self.source, LocalLocation) and \
+            self.source.root.resolve() == self.dest.resolve()
+        if self.in_place and verify_key is not None:
+            raise UserError("--verify-key with --dest the --source folder itself: nothing is "
+                            "fetched, so nothing is verified; copy to another --dest to verify")
+        if self.in_place and model_config is None:
+            raise UserError("--dest is the --source folder itself: give --model-config FILE "
+                            "(what this sync writes); nothing else is done in place")
         self.keep = keep
         self.quiet = quiet
         self.verify_key = verify_key  # None: signatures are not required
@@ -124,8 +135,9 @@ class Puller:
         return sorted(found)
 
     def clean_staging(self) -> None:
-        """Remove temporary folders a killed run left behind."""
-        if self.dest.is_dir():
+        """Remove temporary folders a killed run left behind (never in place: there they
+        may be a training run's version being assembled)."""
+        if self.dest.is_dir() and not self.in_place:
             for entry in self.dest.iterdir():
                 if entry.name.startswith(STAGING_PREFIX):
                     shutil.rmtree(entry, ignore_errors=True)
@@ -188,6 +200,8 @@ class Puller:
     def _try_install(self, version: int, result: SyncResult) -> bool:
         """Install one version if it is published and verifies; False (logged, remembered
         with the store's state of it) if not."""
+        if self.in_place:  # complete versions are already local; the others are not ready
+            return False
         listing = self.source.child(str(version)).list_files()
         stored = {e.path: e for e in listing}
         if MANIFEST_FILE not in stored:
@@ -358,8 +372,11 @@ class Puller:
 
     def prune(self, keep: set[int] | None = None) -> list[int]:
         """Keep the newest `keep` installed versions (the newest is never removed), or with
-        labels exactly the versions in `keep`."""
+        labels exactly the versions in `keep`. Nothing in place: the versions are the
+        trainer's own."""
         removed = []
+        if self.in_place:
+            return removed
         local = self.local_versions()
         doomed_versions = local[:-self.keep] if keep is None else \
             [v for v in local if v not in keep]

@@ -228,11 +228,17 @@ def _caption(w: dict) -> str:
     return f"true {w['true']}\npredicted {w['predicted']} {w['score']:.2f}"
 
 
+def _file_name(path: str, width: int = 26) -> str:
+    """The image's file name, shortened in the middle to fit under a thumbnail."""
+    name = path.rsplit("/", 1)[-1]
+    return name if len(name) <= width else f"{name[:width // 2 - 1]}...{name[-(width // 2 - 2):]}"
+
+
 def _grid_png(wrong: list[dict], path: Path, metrics: dict) -> None:
     shown = wrong[:GRID_MAX]
-    cols = 6
+    cols = min(6, max(1, len(shown)))  # one image: one column, not six
     rows = max(1, -(-len(shown) // cols))
-    fig = Figure(figsize=(2.2 * cols, 2.6 * rows + 0.6), layout="constrained")
+    fig = Figure(figsize=(max(2.2 * cols, 5.5), 2.8 * rows + 0.6), layout="constrained")
     fig.suptitle(f"{metrics['model']} version {metrics['version']}: {len(wrong)} "
                  f"misclassified of {metrics['images'] + len(metrics['unclassified'])}"
                  + (f" (first {GRID_MAX})" if len(wrong) > GRID_MAX else ""))
@@ -241,7 +247,7 @@ def _grid_png(wrong: list[dict], path: Path, metrics: dict) -> None:
         ax.axis("off")
     for ax, w in zip(axes, shown, strict=False):
         ax.imshow(_thumbnail(w["data"]))
-        ax.set_title(_caption(w), fontsize=8)
+        ax.set_title(f"{_file_name(w['path'])}\n{_caption(w)}", fontsize=8)
     if not shown:
         axes[0].text(0, 0.5, "no misclassified images", fontsize=12)
     fig.savefig(path, dpi=80)

@@ -293,3 +293,62 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+# -- labels on a local server, no second copy ---------------------------------------------------
+
+@pytest.mark.slow
+def test_a_rollback_shows_on_a_local_server_serving_the_trainers_folder(tiny_model, tmp_path):
+    """README, "Labels on a local server": the puller in place (--dest = --source) writes
+    only models.config; the server follows label moves; no version is copied or removed."""
+    from serving.client import GrpcClient
+    from tests.integration.test_reliability import publish_tiny
+    from tools.model_server import LocalServer
+
+    models = tmp_path / "models"
+    for version in (1, 2, 3):
+        publish_tiny(tiny_model, tmp_path, str(models), version)
+    source = str(models / "tiny")
+    config = str(models / "tiny.config")
+
+    def serving(*args: str) -> None:
+        run_cli("serving", *args, check=True)
+
+    serving("label", "set", "--source", source, "stable=2")
+    serving("pull", "--source", source, "--dest", source, "--model-config", config, "-q")
+    log = (tmp_path / "puller.log").open("w")
+    puller = subprocess.Popen([sys.executable, "-m", "serving", "pull", "--source", source,
+                               "--dest", source, "--model-config", config, "--watch",
+                               "--interval", "0.3", "-q"], stdout=log, stderr=subprocess.STDOUT,
+                              cwd=REPO)
+    server = LocalServer(["--model-config-file", config,
+                          "--model_config_file_poll_wait_seconds", "0.5",
+                          "--allow_version_labels_for_unavailable_models=true"],
+                         tmp_path / "server.log").start(wait_for_model="tiny")
+    try:
+        with GrpcClient(server.grpc_target) as client:
+            def stable() -> int:
+                return client.metadata("tiny", label="stable")["version"]
+
+            assert stable() == 2
+            serving("label", "set", "--source", source, "stable=3")
+            deadline = time.monotonic() + 60
+            while stable() != 3:
+                assert time.monotonic() < deadline, "the server never followed the label"
+                time.sleep(0.2)
+            serving("rollback", "--source", source)
+            while stable() != 2:
+                assert time.monotonic() < deadline, "the rollback never reached the server"
+                time.sleep(0.2)
+    finally:
+        assert server.stop() == 0
+        puller.send_signal(signal.SIGTERM)
+        assert puller.wait(60) == 0
+    assert sorted(p.name for p in (models / "tiny").iterdir() if p.is_dir()) == ["1", "2", "3"]
+    assert not [p for p in (models / "tiny").iterdir() if p.name.startswith(".")]
+
+
+def test_the_puller_in_place_needs_a_model_config_and_takes_no_verify_key(tmp_path, model_tree):
+    source = str(model_tree / "tiny")
+    proc = run_cli("serving", "pull", "--source", source, "--dest", source, "-q")
+    assert proc.returncode == 2 and "give --model-config FILE" in one_error_line(proc.stderr)
