@@ -352,3 +352,42 @@ def test_the_puller_in_place_needs_a_model_config_and_takes_no_verify_key(tmp_pa
     source = str(model_tree / "tiny")
     proc = run_cli("serving", "pull", "--source", source, "--dest", source, "-q")
     assert proc.returncode == 2 and "give --model-config FILE" in one_error_line(proc.stderr)
+
+
+# -- stopping a test run -----------------------------------------------------------------------
+
+STOPPED_RUN = '''
+import pathlib, time, pytest
+
+@pytest.fixture
+def marked(seaweed, tmp_path):
+    yield
+    pathlib.Path(MARK).write_text("torn down")
+
+def test_waits(marked, seaweed):
+    print(seaweed.process.pid, flush=True)
+    pathlib.Path(READY).write_text(str(seaweed.process.pid))
+    time.sleep(300)
+'''
+
+
+@pytest.mark.s3
+def test_sigterm_stops_a_test_run_with_teardown(tmp_path):
+    """CI cancelling a job (SIGTERM): fixtures tear down, the store stops, exit 2."""
+    ready, mark = tmp_path / "ready", tmp_path / "mark"
+    test = tmp_path / "test_stopped.py"
+    test.write_text(f"MARK = {str(mark)!r}\nREADY = {str(ready)!r}\n{STOPPED_RUN}")
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "tests.conftest", "-q",
+                             "-p", "no:cacheprovider", "-o", "addopts=", str(test),
+                             "--rootdir", str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.1)
+    weed = int(ready.read_text())
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 2, output  # pytest's "interrupted"
+    assert mark.read_text() == "torn down"
+    assert not _alive(weed)

@@ -40,6 +40,9 @@ def test_full_run_publishes_a_verified_version_to_s3(published_s3):
             "assets.extra/report/training_curves.png", "assets.extra/report/confusion_matrix.png",
             "assets.extra/report/config.json"} <= set(stored)
     assert "published s3://" in published_s3["proc"].stdout
+    # ...and where its report and pictures are, on the next line.
+    assert f"report: {published_s3['version_uri']}/assets.extra/report/ (metrics.json, " \
+        "training_curves.png, confusion_matrix.png)" in published_s3["proc"].stdout
 
 
 def test_second_run_takes_every_feature_from_the_cache(published_s3, tiny_base):
