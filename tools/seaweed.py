@@ -162,7 +162,8 @@ class SeaweedFS:
                             aws_access_key_id=self.access_key,
                             aws_secret_access_key=self.secret_key,
                             config=Config(retries={"max_attempts": 1},
-                                          connect_timeout=2, read_timeout=10))
+                                          connect_timeout=2, read_timeout=10,
+                                          proxies={}))  # loopback: never through a proxy
 
     def _wait_ready(self, timeout: float) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -237,7 +238,11 @@ def main() -> None:
         stop = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, frame: stop.append(signum))
-        store.start()
+        try:
+            store.start()
+        except RuntimeError as e:
+            raise click.ClickException(f"{str(e).splitlines()[0]} (log: {store.log_path})") \
+                from None
         try:
             for bucket in buckets:
                 store.create_bucket(bucket)
@@ -247,6 +252,10 @@ def main() -> None:
             for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                          "AWS_REGION"):
                 click.echo(f"export {name}={env[name]}")
+            if any(os.environ.get(v) for v in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
+                                               "https_proxy")):  # loopback stays direct
+                no_proxy = store.client_env(os.environ)["NO_PROXY"]
+                click.echo(f"export NO_PROXY={no_proxy} no_proxy={no_proxy}")
             sys.stdout.flush()
             while not stop and store.process.poll() is None:
                 time.sleep(0.2)
