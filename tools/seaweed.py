@@ -125,7 +125,8 @@ class SeaweedFS:
         A MinIO user's AWS_ENDPOINT_URL_S3, a profile, a session token, a CA bundle or a
         region in the shell cannot redirect or break the embedded stack."""
         clean = {k: v for k, v in base.items() if not k.upper().startswith(AWS_PREFIXES)}
-        no_proxy = ",".join(filter(None, [clean.get("NO_PROXY", ""), self.host, "localhost"]))
+        hosts = [h for h in clean.get("NO_PROXY", "").split(",") if h] + [self.host, "localhost"]
+        no_proxy = ",".join(dict.fromkeys(hosts))  # each once, in order
         return {**clean, **self.env(), "NO_PROXY": no_proxy, "no_proxy": no_proxy}
 
     def start(self, timeout: float = 90) -> None:
