@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -389,5 +390,6 @@ def test_sigterm_stops_a_test_run_with_teardown(tmp_path):
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 2, output  # pytest's "interrupted"
+    assert re.search(r"^\[0:\d\d\] .*test_stopped\.py$", output, re.M), output  # progress
     assert mark.read_text() == "torn down"
     assert not _alive(weed)

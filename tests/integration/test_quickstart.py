@@ -63,6 +63,7 @@ def test_the_readme_quickstart_runs_as_written(tmp_path):
                           text=True, timeout=900, start_new_session=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Training on RANDOM VGG16 weights" in proc.stderr  # offline, and said so
+    assert "Downloading data from" not in proc.stdout  # Keras' own lines: stderr
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("new-photos/")]
     held_out = sorted(f"new-photos/{p.name}" for p in (work / "new-photos").iterdir())
     assert sorted(r[0] for r in rows) == held_out and len(held_out) == 4
