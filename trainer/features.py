@@ -79,14 +79,21 @@ class FeatureCache:
     def _decode(self, data: bytes | None) -> np.ndarray | None:
         if data is None or len(data) != self.entry_bytes:
             return None
+        # The header is read and checked before any array exists: np.load would allocate
+        # whatever shape a (hostile) header declares, 2^40 floats included.
+        stream = io.BytesIO(data)
         try:
-            vector = np.load(io.BytesIO(data), allow_pickle=False)
-        except (ValueError, OSError, EOFError):
+            version = np.lib.format.read_magic(stream)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = read_header(stream)
+        except (ValueError, OSError, EOFError, SyntaxError):
             return None
-        if vector.shape != (self.feature_dim,) or vector.dtype != np.float32 or \
-                not np.isfinite(vector).all():
+        if shape != (self.feature_dim,) or dtype != np.dtype("<f4") or fortran_order or \
+                len(data) - stream.tell() != 4 * self.feature_dim:
             return None
-        return vector
+        vector = np.frombuffer(data, dtype="<f4", offset=stream.tell()).copy()
+        return vector if np.isfinite(vector).all() else None
 
 
 def _entry_bytes(feature_dim: int) -> int:

@@ -135,3 +135,19 @@ def test_a_cache_entry_of_the_wrong_size_is_a_miss_before_it_is_parsed():
             found = cache.get_many(["a" * 64, "b" * 64, "c" * 64])
             # The hostile entry and the wrong width are misses, the good one a hit.
             assert list(found) == ["b" * 64] and found["b" * 64].shape == (width,)
+            # The same header padded to exactly the entry's size (issue 27's .npy bomb):
+            # np.load would allocate 4 TiB and crash the run; it is a miss.
+            padded = hostile + b"\0" * (cache.entry_bytes - len(hostile))
+            cache.location.write_bytes(cache.key("d" * 64), padded)
+            # ...and a header of the right shape but another dtype or order.
+            for i, header in enumerate(({"descr": "<f8", "fortran_order": False,
+                                         "shape": (width // 2,)},
+                                        {"descr": ">f4", "fortran_order": False,
+                                         "shape": (width,)})):
+                other = io.BytesIO()
+                npy.write_array_header_1_0(other, header)
+                entry = other.getvalue()
+                cache.location.write_bytes(
+                    cache.key(str(i) * 64), entry + b"\0" * (cache.entry_bytes - len(entry)))
+            found = cache.get_many(["b" * 64, "d" * 64, "0" * 64, "1" * 64])
+            assert list(found) == ["b" * 64]
