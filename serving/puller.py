@@ -216,10 +216,16 @@ class Puller:
             return False
         try:
             self.install(version, self.read_manifest(version), stored)
-        except (Rejected, OSError, ValueError) as e:
+        except (Rejected, OSError, ValueError, UserError) as e:
             # Whatever one version holds, it costs that version only and never stops
-            # the puller (an init container that crashed would keep every pod out).
-            reason = str(e) if isinstance(e, Rejected) else f"{type(e).__name__}: {e}"
+            # the puller (an init container that crashed would keep every pod out). An
+            # object the store will not hand out (SSE-C without its key, archived to
+            # Glacier) is this version's problem too, unless the store itself stopped
+            # answering: then the sync fails as an outage.
+            if isinstance(e, UserError) and not self._store_answers():
+                raise
+            reason = str(e) if isinstance(e, Rejected | UserError) else \
+                f"{type(e).__name__}: {e}"
             log.warning("rejected version %d of %s: %s (tried again when it changes in "
                         "the store)", version, self.model_name, reason)
             result.rejected[version] = reason
@@ -227,6 +233,15 @@ class Puller:
             return False
         self._rejected.pop(version, None)
         result.installed.append(version)
+        return True
+
+    def _store_answers(self) -> bool:
+        """The model's folder can still be listed: a failure was one object's, not the
+        store's."""
+        try:
+            self.source.list_dirs()
+        except UserError:
+            return False
         return True
 
     # -- labels and the server's models.config --------------------------------------------

@@ -381,3 +381,23 @@ def test_the_serving_identity_reads_models_and_can_write_nothing(tmp_path, seawe
             attempt()
             pytest.fail(f"the serving identity could {what}")
     assert open_location(f"{models_uri}/m/1").exists(MANIFEST_FILE)
+
+
+@pytest.mark.parametrize("unreadable", ["variables/variables.index", MANIFEST_FILE])
+def test_an_object_the_store_will_not_hand_out_rejects_that_version_only(
+        tmp_path, models_uri, seaweed, unreadable):
+    """An object stored with SSE-C (readable only with its customer key, as an archived
+    one is only after a restore): the store answers 400 for it. That version is rejected,
+    the good one installed, the sync goes on (issue 27, item 2)."""
+    publish_fake(tmp_path, models_uri, "m", 1)
+    built = publish_fake(tmp_path, models_uri, "m", 2)
+    bucket, prefix = models_uri.removeprefix("s3://").split("/", 1)
+    seaweed._client().put_object(Bucket=bucket, Key=f"{prefix}/m/2/{unreadable}",
+                                 Body=(built / unreadable).read_bytes(),
+                                 SSECustomerAlgorithm="AES256",
+                                 SSECustomerKey=os.urandom(32))
+    dest = tmp_path / "serve" / "m"
+    result = Puller(f"{models_uri}/m", dest, keep=2, quiet=True).sync_once()
+    assert result.local == [1] and list(result.rejected) == [2]
+    assert "object store error" in result.rejected[2] and unreadable in result.rejected[2]
+    assert staging_left(dest) == []
