@@ -332,14 +332,19 @@ def test_a_rollback_shows_on_a_local_server_serving_the_trainers_folder(tiny_mod
                 return client.metadata("tiny", label="stable")["version"]
 
             assert stable() == 2
+            def logs() -> str:
+                return (f"config:\n{Path(config).read_text()}\npuller:\n"
+                        f"{(tmp_path / 'puller.log').read_text()[-3000:]}\nserver:\n"
+                        f"{server.log_text()[-3000:]}")
+
             serving("label", "set", "--source", source, "stable=3")
             deadline = time.monotonic() + 60
             while stable() != 3:
-                assert time.monotonic() < deadline, "the server never followed the label"
+                assert time.monotonic() < deadline, "the label never moved\n" + logs()
                 time.sleep(0.2)
             serving("rollback", "--source", source)
             while stable() != 2:
-                assert time.monotonic() < deadline, "the rollback never reached the server"
+                assert time.monotonic() < deadline, "the rollback never showed\n" + logs()
                 time.sleep(0.2)
     finally:
         assert server.stop() == 0
@@ -378,10 +383,11 @@ def test_sigterm_stops_a_test_run_with_teardown(tmp_path):
     ready, mark = tmp_path / "ready", tmp_path / "mark"
     test = tmp_path / "test_stopped.py"
     test.write_text(f"MARK = {str(mark)!r}\nREADY = {str(ready)!r}\n{STOPPED_RUN}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "tests.conftest", "-q",
                              "-p", "no:cacheprovider", "-o", "addopts=", str(test),
                              "--rootdir", str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 120
     while not ready.exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
