@@ -41,10 +41,23 @@ LIBEVENT_404 = ("<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>
                 "</BODY></HTML>\n")
 
 
+def _converted(convert):
+    """A request body's values as tensors. JSON nested deeper than any tensor can be (TF's
+    TensorShape holds at most 254 dimensions) is the request's fault: 400, not a 500 from
+    Python's recursion limit or NumPy's 64 dimensions."""
+    try:
+        return convert()
+    except (RecursionError, ValueError) as e:
+        raise invalid_argument(f"Malformed request: the JSON values nest deeper than a tensor "
+                               f"can ({type(e).__name__})") from e
+
+
 def _version(text: str | None) -> int | None:
     if not text:
         return None
-    value = int(text)
+    # TF Serving parses into an int64 (model_servers/http_rest_api_util.cc); Python's int()
+    # refuses strings of more than 4300 digits with a ValueError, which answered 500.
+    value = int(text) if len(text) <= 19 else 2**63
     if value > 2**63 - 1:
         raise invalid_argument(f"Failed to convert version: {text} to numeric.")
     return value
@@ -156,14 +169,14 @@ class RestApi:
         signature_name = rest_json.signature_name(doc)
         servable = self.manager.lookup(ref)
         signature = predict_signature(servable, signature_name, rest=True)
-        inputs, fmt = rest_json.predict_inputs(doc, signature.inputs)
+        inputs, fmt = _converted(lambda: rest_json.predict_inputs(doc, signature.inputs))
         outputs = self.inference.predict(servable, signature, inputs, timeout=self.timeout)
         return rest_json.predict_response(outputs, fmt)
 
     def _classify(self, ref: ModelRef, body: bytes) -> str:
         doc = rest_json.parse_json(body)
         signature_name = rest_json.signature_name(doc)
-        examples = rest_json.classify_examples(doc)
+        examples = _converted(lambda: rest_json.classify_examples(doc))
         servable = self.manager.lookup(ref)
         signature = classify_signature(servable, signature_name)
         return rest_json.classify_response(

@@ -160,6 +160,11 @@ NOT_AN_IMAGE = b64(b"this is not an image")
     ("GET", "/v1/models/tiny:predict", None, 400, "Malformed request: GET /v1/models/tiny:predict"),
     ("POST", "/v1/models/tiny/metadata", "{}", 400, "Malformed request: POST"),
     ("GET", "/v1/models/tiny/version/1", None, 400, "Malformed request"),
+    # Issue 27: a version of 5,000 digits and JSON nested 990 deep were 500s.
+    ("GET", "/v1/models/tiny/versions/" + "9" * 5000, None, 400,
+     "Failed to convert version: 9999"),
+    ("POST", "/v1/models/tiny:predict", '{"instances": ' + "[" * 990 + "1" + "]" * 990 + "}",
+     400, "Malformed request: the JSON values nest deeper than a tensor can"),
     ("PUT", "/v1/models/tiny", "{}", 400, "Malformed request: PUT /v1/models/tiny"),
 ])
 def test_error_catalogue(server, method, path, body, status, message):
