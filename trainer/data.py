@@ -151,6 +151,12 @@ def load_images(data_uri: str, quiet: bool = False, select=None) -> ImageSet:
     skipped: list[Skipped] = []
     for entry in files:
         parts = entry.path.split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            # An object key like cat//x.png or cat/../x.png: S3 allows it, a path cannot
+            # name it; it would abort the run at the first read.
+            skipped.append(Skipped(entry.path, "not a usable path (an empty, '.' or '..' "
+                                               "part)"))
+            continue
         if len(parts) < 2:
             skipped.append(Skipped(entry.path, "not inside a class folder"))
             continue

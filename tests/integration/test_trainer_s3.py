@@ -119,3 +119,4 @@ def test_missing_bucket_is_bad_input(seaweed):
     assert proc.returncode == 2
     assert "error: cannot list s3://no-such-bucket-here/data: bucket does not exist" \
         in proc.stderr
+

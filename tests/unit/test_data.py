@@ -151,3 +151,28 @@ def test_a_cache_entry_of_the_wrong_size_is_a_miss_before_it_is_parsed():
                     cache.key(str(i) * 64), entry + b"\0" * (cache.entry_bytes - len(entry)))
             found = cache.get_many(["b" * 64, "d" * 64, "0" * 64, "1" * 64])
             assert list(found) == ["b" * 64]
+
+
+def test_an_object_key_no_path_can_name_is_skipped_not_fatal(tmp_path, monkeypatch):
+    """S3 (AWS) keeps keys like circle//x.png; a listing that holds one skips it with the
+    reason instead of aborting the run at its first read (issue 27, item 13). SeaweedFS
+    folds '//' and refuses '/./', so the listing is extended here, over real files."""
+    import trainer.data as data_module
+    from contract.storage import FileEntry, LocalLocation
+    from trainer.data import load_images
+    from trainer.sample_data import write_sample_data
+
+    write_sample_data(str(tmp_path), num_classes=2, per_class=2, seed=3, quiet=True)
+
+    class OddKeys(LocalLocation):
+        def list_files(self):
+            return super().list_files() + [FileEntry(k, 10, "") for k in
+                                           ("circle//x.png", "square/./y.png",
+                                            "square/../z.png")]
+
+    monkeypatch.setattr(data_module, "open_location", lambda uri: OddKeys(tmp_path))
+    images = load_images(str(tmp_path), quiet=True)
+    assert len(images.paths) == 4
+    assert [(s.path, s.reason) for s in images.skipped] == [
+        (k, "not a usable path (an empty, '.' or '..' part)")
+        for k in ("circle//x.png", "square/../z.png", "square/./y.png")]
