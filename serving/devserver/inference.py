@@ -206,6 +206,10 @@ def replay_warmup(servable: Servable, inference: Inference) -> int:
 # declaring [2**40] is a 30-byte request asking for terabytes), so the shape is checked
 # before anything is allocated.
 MAX_TENSOR_ELEMENTS = 64 * 1024 * 1024
+# Fewer string_val entries than the shape declares: TensorFlow repeats the last one
+# (tensor.cc, FromProtoField; TF Serving does the same), so one 1 MB string declared as
+# [500] becomes 500 MB. The expanded size is checked first, in bytes.
+MAX_EXPANDED_STRING_BYTES = 64 * 1024 * 1024
 
 
 def tensor_proto_to_ndarray(alias: str, proto) -> np.ndarray:
@@ -220,6 +224,14 @@ def tensor_proto_to_ndarray(alias: str, proto) -> np.ndarray:
     if count > MAX_TENSOR_ELEMENTS:
         raise invalid_argument(f"tensor {alias} declares {count} values, more than the "
                                f"development server's limit of {MAX_TENSOR_ELEMENTS}")
+    values = proto.string_val
+    if proto.dtype == types_pb2.DT_STRING and 0 < len(values) < count:
+        expanded = sum(len(v) for v in values) + (count - len(values)) * len(values[-1])
+        if expanded > MAX_EXPANDED_STRING_BYTES:
+            raise invalid_argument(
+                f"tensor {alias} declares {count} strings from {len(values)} values; "
+                f"repeating the last one would make {expanded} bytes, more than the "
+                f"development server's limit of {MAX_EXPANDED_STRING_BYTES}")
     try:
         array = tf.make_ndarray(proto)
     except (TypeError, ValueError, KeyError, IndexError) as e:

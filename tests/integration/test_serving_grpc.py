@@ -282,6 +282,22 @@ def test_a_tiny_request_cannot_ask_for_terabytes(predict, tiny_model):
     assert predict.Predict(predict_request([tiny_model.files[0][1]]), timeout=TIMEOUT)
 
 
+def test_one_string_repeated_to_fill_a_shape_is_counted_in_bytes(predict, tiny_model):
+    """Issue 27, item 8: one 1 MB string_val declared as [500] is 500 MB once TensorFlow
+    repeats it (as TF Serving's Tensor::FromProto would); refused before it is built."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "tiny"
+    proto = request.inputs["image_bytes"]
+    proto.dtype = tf.string.as_datatype_enum
+    proto.tensor_shape.dim.add(size=500)
+    proto.string_val.append(b"x" * 1_000_000)
+    error = rpc_error(predict.Predict, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "declares 500 strings from 1 values; repeating the last one would make " \
+        "500000000 bytes" in error.details()
+    assert predict.Predict(predict_request([tiny_model.files[0][1]]), timeout=TIMEOUT)
+
+
 def test_messages_over_the_request_limit_are_refused(server, predict):
     """The server fixture runs with --max-request-bytes 8000000: gRPC messages too."""
     request = predict_request([b"x" * 9_000_000])
