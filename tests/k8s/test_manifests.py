@@ -564,7 +564,12 @@ def test_signing_keys_each_reach_only_their_side(tmp_path):
                     "/var/run/secrets/model-signing/signing-key.pem"},
         "model-sync": {"/etc/model-signing": "/etc/model-signing/verify-key.pub"},
         "model-puller": {"/etc/model-signing": "/etc/model-signing/verify-key.pub"},
+        # promote and rollback (issue 27, item 6): labels move only to signed versions.
+        "lifecycle": {"/etc/model-signing": "/etc/model-signing/verify-key.pub"},
     }
+    for job in ("promote", "rollback"):
+        [c] = pod_template(one(gpu_docs, "CronJob", job))["spec"]["containers"]
+        assert {"name": "VERIFY_KEY", "value": "/etc/model-signing/verify-key.pub"} in c["env"]
     # Opt-in on the laptop overlay, where it renders and validates the same way.
     local_signed = render_with_components(tmp_path, "local", ["model-signing"])
     for doc in local_signed:
