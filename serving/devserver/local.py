@@ -108,11 +108,12 @@ def serve(options: ServerOptions) -> int:
                        options.max_request_bytes, options.rest_api_timeout_in_ms)
     elif options.rest_api_port:
         log.error("--rest-api-port cannot be the same as --port; REST API not started")
-    stopped = []
+    stopped, drain = [], []  # drain: when shutdown began, when REST was done
 
     def begin_shutdown() -> None:
         """Both servers stop accepting at once; in-flight requests get the grace period."""
         log.info("shutting down: refusing new requests, finishing in-flight ones")
+        drain.append(time.monotonic())
         for service in HEALTH_SERVICES if health is not None else ():
             health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         stopped.append(grpc_server.stop(SHUTDOWN_GRACE_S))
@@ -122,7 +123,14 @@ def serve(options: ServerOptions) -> int:
     finally:
         if not stopped:
             begin_shutdown()
+        drain.append(time.monotonic())
         stopped[0].wait()
+        # How long each side took to drain: a drain that uses the whole grace period says
+        # which side held it (REST handlers, or gRPC calls still in flight).
+        rest_s, grpc_s = drain[1] - drain[0], time.monotonic() - drain[1]
+        (log.warning if rest_s + grpc_s > SHUTDOWN_GRACE_S / 3 else log.info)(
+            "drained in %.1f s (REST %.1f s, then gRPC %.1f s)", rest_s + grpc_s, rest_s,
+            grpc_s)
         if batcher:
             batcher.stop()
         manager.stop()
