@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
-from contract.names import MAX_VERSION, SAVED_MODEL_FILE
+from contract.names import IDENTITY_FILE, MAX_VERSION, SAVED_MODEL_FILE
 
 MANIFEST_FILE = "_MANIFEST.json"
 FORMAT = 1
@@ -156,3 +156,31 @@ def parse_manifest(data: bytes, expected_version: int | None = None) -> Manifest
     if SAVED_MODEL_FILE not in seen:
         raise ManifestError(f"the file list has no {SAVED_MODEL_FILE}")
     return Manifest(model_name, version, list(classes), files, raw)
+
+
+def identity_bytes(model_name: str, version: int, classes: list[str]) -> bytes:
+    """`identity.json`: what a version is. The trainer writes it into the version folder
+    before signing, so a signature binds the model name, the version number and the class
+    order, which the unsigned manifest only states."""
+    return (json.dumps({"format": FORMAT, "model_name": model_name, "version": version,
+                        "classes": classes}, indent=2) + "\n").encode()
+
+
+def check_identity(data: bytes, manifest: Manifest) -> None:
+    """The version's `identity.json` must name the model and version the manifest was
+    found as (`read_manifest` checked those against the store path) and the manifest's
+    classes in the same order; ManifestError says what differs."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ManifestError(f"{IDENTITY_FILE} is not valid JSON ({type(e).__name__})") from e
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{IDENTITY_FILE}: top level is not a JSON object")
+    name, version = raw.get("model_name"), raw.get("version")
+    if (name, version) != (manifest.model_name, manifest.version):
+        raise ManifestError(f"{IDENTITY_FILE} says version {version!r} of model {name!r}, "
+                            f"but it was found as version {manifest.version} of "
+                            f"{manifest.model_name!r} (a copy made without the signing key)")
+    if raw.get("classes") != manifest.classes:
+        raise ManifestError(f"the manifest's classes {manifest.classes} differ from "
+                            f"{raw.get('classes')!r} in {IDENTITY_FILE}")

@@ -19,6 +19,9 @@ SAVED_MODEL_FILE = "saved_model.pb"
 LABELS_FILE = "labels.txt"  # under assets/
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 SIGNATURE_FILE = "model.sig"  # OpenSSF model signing, when the trainer has a key
+# What the version is (model name, version number, class list), written by the trainer
+# before signing so the signature binds it (contract.manifest.check_identity).
+IDENTITY_FILE = "identity.json"
 # Beside a model's version folders: its version labels (contract.labels).
 LABELS_OBJECT = "_LABELS.json"
 # A version folder is being assembled under a hidden, non-numeric name that starts with

@@ -3,7 +3,9 @@
 
 A version exists for readers only once its `_MANIFEST.json` parses strictly and names the
 model; every file it lists must be stored at its size (checked before a byte is downloaded)
-and match its sha256 once downloaded.
+and match its sha256 once downloaded. Its `identity.json`, when it has one, must say the same
+model, version and classes; with a verify key the signature and the identity are checked
+first (`fetch_head`), before any other file is downloaded, and the identity is required.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from contract.manifest import (
     Manifest,
     ManifestError,
     ManifestFile,
+    check_identity,
     parse_manifest,
     sha256_file,
 )
+from contract.names import IDENTITY_FILE, SIGNATURE_FILE
 from contract.storage import FileEntry, Location, run_parallel
 
 log = logging.getLogger(__name__)
@@ -77,6 +81,44 @@ def fetch_file(remote: Location, f: ManifestFile, folder: Path, progress=None) -
         raise Rejected(f"{f.path} does not match its sha256 in the manifest")
 
 
+def fetch_head(remote: Location, manifest: Manifest, folder: Path,
+               verify_key=None) -> list[ManifestFile]:
+    """The small files that say whether the rest is worth downloading, into `folder`:
+    with `verify_key` the signature (this key's, signing exactly the listed files) and the
+    identity it signs (required); without one, the identity if the version has one. Each
+    must agree with the manifest. Returns the files still to fetch; Rejected says why not."""
+    from contract.signing import SignatureError, signature_entry
+
+    by_path = {f.path: f for f in manifest.files}
+    head = []
+    try:
+        if verify_key is not None:
+            sig = signature_entry(manifest.files)
+            fetch_file(remote, sig, folder)
+            verify_key.check_signed_files(folder / SIGNATURE_FILE,
+                                          {f.path: f.sha256 for f in manifest.files})
+            head.append(sig)
+            if IDENTITY_FILE not in by_path:
+                raise SignatureError(f"the signed files have no {IDENTITY_FILE}, so the "
+                                     "signature does not say which model, version and "
+                                     "classes it is for (sign it again with a current "
+                                     "trainer)")
+    except SignatureError as e:
+        raise Rejected(f"signature: {e}") from None
+    identity = by_path.get(IDENTITY_FILE)
+    if identity is not None:
+        if identity.size > MAX_MANIFEST_BYTES:
+            raise Rejected(f"{IDENTITY_FILE} has {identity.size} bytes (at most "
+                           f"{MAX_MANIFEST_BYTES})")
+        fetch_file(remote, identity, folder)
+        try:
+            check_identity((folder / IDENTITY_FILE).read_bytes(), manifest)
+        except ManifestError as e:
+            raise Rejected(f"identity: {e}") from None
+        head.append(identity)
+    return [f for f in manifest.files if f not in head]
+
+
 def download_version(models: Location, model_name: str, version: int, folder: Path,
                      verify_key=None) -> Manifest:
     """Every file of a published version into `folder`, each checked; with `verify_key`
@@ -90,7 +132,8 @@ def download_version(models: Location, model_name: str, version: int, folder: Pa
                        f"{MANIFEST_FILE} under {remote.uri})")
     manifest = read_manifest(models, model_name, version)
     check_sizes(manifest, stored)
-    run_parallel(lambda f: fetch_file(remote, f, folder), manifest.files, DOWNLOAD_WORKERS)
+    rest = fetch_head(remote, manifest, folder, verify_key)
+    run_parallel(lambda f: fetch_file(remote, f, folder), rest, DOWNLOAD_WORKERS)
     if verify_key is not None:
         try:
             verify_key.verify_folder(folder)

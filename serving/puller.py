@@ -31,8 +31,8 @@ from tqdm import tqdm
 from contract.errors import EXIT_OK, EXIT_STORAGE, InputError, UserError
 from contract.labels import Labels, LabelsError, parse_labels
 from contract.manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest
-from contract.names import LABELS_OBJECT, SIGNATURE_FILE, STAGING_PREFIX, parse_version
-from contract.signing import SignatureError, VerifyKey, signature_entry
+from contract.names import LABELS_OBJECT, STAGING_PREFIX, parse_version
+from contract.signing import SignatureError, VerifyKey
 from contract.storage import (
     ByteProgress,
     FileEntry,
@@ -46,6 +46,7 @@ from contract.versions import (  # noqa: F401 (Rejected and read_manifest: servi
     Rejected,
     check_sizes,
     fetch_file,
+    fetch_head,
     read_manifest,
 )
 from serving.layout import SAVED_MODEL, base_path_problem
@@ -368,15 +369,9 @@ class Puller:
                             f"under the symbolically linked folder {'/'.join(parts[:depth])}"
                         raise Rejected(f"{f.path} is {kind}")
         check_sizes(manifest, stored)
-        files = manifest.files
-        if self.verify_key is not None:
-            # The signature before any other file: a version not signed by our key costs
-            # one small download, and the manifest must list exactly what was signed.
-            sig = self._verify(signature_entry, files)
-            fetch_file(remote, sig, staging)
-            self._verify(self.verify_key.check_signed_files, staging / SIGNATURE_FILE,
-                         {f.path: f.sha256 for f in files})
-            files = [f for f in files if f.path != SIGNATURE_FILE]
+        # The signature and identity before any other file: a version not signed by our
+        # key, or signed as another model or version, costs a few small downloads.
+        files = fetch_head(remote, manifest, staging, self.verify_key)
         total = sum(f.size for f in files)
         bar = tqdm(total=total, desc=f"pulling version {version}", unit="B", unit_scale=True,
                    unit_divisor=1024, disable=self.quiet)

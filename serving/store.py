@@ -14,9 +14,9 @@ from contract.errors import EnvironmentFailure, GateNotMet, InputError, UserErro
 from contract.labels import Labels, LabelsError, read_labels
 from contract.manifest import MANIFEST_FILE, Manifest
 from contract.names import LABELS_OBJECT, parse_version
-from contract.signing import MAX_SIGNATURE_BYTES, SignatureError, VerifyKey, signature_entry
+from contract.signing import SignatureError, VerifyKey
 from contract.storage import Location, open_location
-from contract.versions import Rejected, check_sizes, read_manifest
+from contract.versions import Rejected, check_sizes, fetch_head, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,8 @@ class ModelFolder:
         import tempfile
         from pathlib import Path
 
-        from contract.names import SIGNATURE_FILE
-
-        signature_entry(manifest.files)  # present, and small enough to be one
-        with tempfile.TemporaryDirectory(prefix="labels-") as work:
-            sig = Path(work) / SIGNATURE_FILE
-            sig.write_bytes(remote.read_bytes(SIGNATURE_FILE, limit=MAX_SIGNATURE_BYTES))
-            self.verify_key.check_signed_files(sig, {f.path: f.sha256
-                                                     for f in manifest.files})
+        with tempfile.TemporaryDirectory(prefix="verify-") as work:
+            fetch_head(remote, manifest, Path(work), self.verify_key)
 
     # -- labels ---------------------------------------------------------------------------
     def labels(self) -> Labels:

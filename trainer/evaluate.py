@@ -94,7 +94,8 @@ def _labels(folder: Location, name: str) -> dict[str, int]:
 class Scored:
     ref: ModelRef
     manifest: Manifest
-    scores: np.ndarray  # [n, C] in the model's class order
+    classes: list[str]  # the graph's own `classes` output, in its order
+    scores: np.ndarray  # [n, C] in that order
     errors: list[str]  # per image, "" when it was classified
 
 
@@ -109,29 +110,41 @@ def score(ref: ModelRef, images: ImageSet, batch_size: int, verify_key=None,
                                         verify_key)
         except Rejected as e:
             raise InputError(f"version {ref.version} of {ref.name}: {e}") from None
-        missing = sorted(set(images.classes) - set(manifest.classes))
-        if missing:
-            raise InputError(f"--data has classes the model does not know: "
-                             f"{', '.join(missing)} (model classes: "
-                             f"{', '.join(manifest.classes)})")
         signature = tf.saved_model.load(work).signatures[SERVING_DEFAULT]
-        scores, errors = [], []
+        scores, errors, classes = [], [], None
         bar = tqdm(total=len(images), desc=f"scoring version {ref.version}", unit="img",
                    disable=quiet)
         with bar:
             for start in range(0, len(images), batch_size):
                 batch = images.contents[start:start + batch_size]
                 out = signature(**{IMAGE_BYTES_INPUT: tf.constant(batch)})
+                if classes is None:
+                    # Class order from the graph, which the scores come from: the manifest
+                    # only states it, and nothing signs the manifest.
+                    classes = [c.decode() for c in out["classes"].numpy()[0]]
+                    _check_classes(ref, manifest, classes, images)
                 scores.append(out["scores"].numpy())
                 errors += [e.decode() for e in out[ERROR_OUTPUT].numpy()]
                 bar.update(len(batch))
-    return Scored(ref, manifest, np.concatenate(scores), errors)
+    return Scored(ref, manifest, classes, np.concatenate(scores), errors)
+
+
+def _check_classes(ref: ModelRef, manifest: Manifest, classes: list[str],
+                   images: ImageSet) -> None:
+    if classes != manifest.classes:
+        raise InputError(f"version {ref.version} of {ref.name}: the manifest's classes "
+                         f"{manifest.classes} differ from the model's own {classes} (the "
+                         "manifest was changed after publishing)")
+    missing = sorted(set(images.classes) - set(classes))
+    if missing:
+        raise InputError(f"--data has classes the model does not know: {', '.join(missing)} "
+                         f"(model classes: {', '.join(classes)})")
 
 
 def metrics_of(scored: Scored, images: ImageSet) -> dict:
     """Accuracy, loss, per-class precision/recall and the confusion matrix over the images
     the model could classify; the others are listed with their reasons."""
-    classes = scored.manifest.classes
+    classes = scored.classes
     y = np.asarray([classes.index(images.classes[i]) for i in images.labels], dtype=np.int64)
     good = np.asarray([not e for e in scored.errors], dtype=bool)
     metrics = classification_metrics(classes, y[good], scored.scores[good])
@@ -159,10 +172,10 @@ def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, seed: int = 0
 
 def compare(candidate: Scored, baseline: Scored, images: ImageSet) -> dict:
     """Per-metric differences (candidate - baseline) on the images both classified."""
-    classes = candidate.manifest.classes
-    if baseline.manifest.classes != classes:
+    classes = candidate.classes
+    if baseline.classes != classes:
         raise InputError(f"the baseline (version {baseline.ref.version}) has classes "
-                         f"{baseline.manifest.classes}, the candidate {classes}: not "
+                         f"{baseline.classes}, the candidate {classes}: not "
                          "comparable")
     y = np.asarray([classes.index(images.classes[i]) for i in images.labels])
     both = np.asarray([not a and not b for a, b in zip(candidate.errors, baseline.errors,
@@ -195,7 +208,7 @@ def write_report(folder: Path, metrics: dict, scored: Scored, images: ImageSet) 
 def _misclassified(scored: Scored, images: ImageSet) -> list[dict]:
     from trainer.data import take
 
-    classes = scored.manifest.classes
+    classes = scored.classes
     out = []
     for i, (row, error) in enumerate(zip(scored.scores, scored.errors, strict=True)):
         true = images.classes[images.labels[i]]

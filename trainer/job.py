@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from contract.errors import GateNotMet
-from contract.manifest import build_manifest, list_version_files
-from contract.names import SIGNATURE_FILE, STAGING_PREFIX
+from contract.manifest import build_manifest, identity_bytes, list_version_files
+from contract.names import IDENTITY_FILE, SIGNATURE_FILE, STAGING_PREFIX
 from contract.signing import SigningKey
 from contract.storage import LocalLocation, open_location
 from trainer.config import TrainConfig
@@ -215,6 +215,9 @@ def run(config: TrainConfig) -> JobResult:
 
         version = config.version or int(time.time())
         write_config(report_dir, config.resolved(version).to_json())
+        # What this version is, in a file the signature covers (the manifest is unsigned).
+        (version_dir / IDENTITY_FILE).write_bytes(
+            identity_bytes(config.model_name, version, images.classes))
         if config.signing_key is not None:
             key = SigningKey.load(config.signing_key)
             key.sign(version_dir)  # over every file so far; the manifest then lists model.sig

@@ -111,6 +111,38 @@ def test_evaluate_agrees_with_the_trainers_test_metrics(lifecycle, tmp_path):
     assert page.count("data:image/jpeg;base64,") == wrong and "http" not in page
 
 
+@pytest.mark.parametrize("identity", ["kept", "deleted"])
+def test_evaluate_takes_class_order_from_the_model_not_the_manifest(lifecycle, identity):
+    """Issue 27: the same bytes with the classes reversed in the (unsigned) manifest read as
+    accuracy 1 - a. The identity file the trainer writes says otherwise; without it, the
+    graph's own `classes` output does. Either way: exit 2, nothing scored."""
+    from contract.manifest import MANIFEST_FILE, parse_manifest
+    from contract.names import IDENTITY_FILE
+
+    source = open_location(f"{lifecycle['source']}/1")
+    # Copied as it is (model m, version 1) into another models folder of the bucket.
+    target = open_location(f"s3://{MODELS_BUCKET}/{unique('reversed')}/m/1")
+    manifest = parse_manifest(source.read_bytes(MANIFEST_FILE))
+    raw = dict(manifest.raw, classes=manifest.classes[::-1])
+    if identity == "deleted":
+        raw["files"] = [f for f in raw["files"] if f["path"] != IDENTITY_FILE]
+    for f in raw["files"]:
+        target.write_bytes(f["path"], source.read_bytes(f["path"]))
+    target.write_bytes(MANIFEST_FILE, json.dumps(raw).encode())
+    proc = run_cli("trainer", "evaluate", "--model", target.uri, "--data",
+                   str(lifecycle["data"]), "--quiet")
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    line = one_error(proc)
+    reversed_ = manifest.classes[::-1]
+    if identity == "kept":
+        assert f"the manifest's classes {reversed_} differ from {manifest.classes} in " \
+               "identity.json" in line
+    else:
+        assert f"the manifest's classes {reversed_} differ from the model's own " \
+               f"{manifest.classes}" in line
+    assert "accuracy" not in proc.stdout
+
+
 def test_promote_moves_stable_only_for_a_candidate_that_is_no_worse(lifecycle, tmp_path):
     source = lifecycle["source"]
     set_labels(source, {"stable": 2}, {})  # the worse version is live

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from contract.manifest import MANIFEST_FILE, build_manifest, list_version_files
+from contract.manifest import MANIFEST_FILE, build_manifest, identity_bytes, list_version_files
+from contract.names import IDENTITY_FILE
 from contract.storage import S3Location, open_location, s3_client
 from serving.puller import Puller
 from tests.conftest import MODELS_BUCKET, REPO, aws_env_of, run_cli, unique
@@ -23,8 +24,8 @@ from trainer.publish import publish
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
 
-def make_version(tmp: Path, model: str, version: int, seed: str = "") -> tuple[Path, list,
-                                                                               dict]:
+def make_version(tmp: Path, model: str, version: int, seed: str = "",
+                 identity: bool = True) -> tuple[Path, list, dict]:
     """A small stand-in version folder with a true manifest (the puller checks files, not
     TensorFlow), the way the trainer lays it out."""
     folder = tmp / f"build-{model}-{version}-{uuid.uuid4().hex[:6]}"
@@ -34,6 +35,8 @@ def make_version(tmp: Path, model: str, version: int, seed: str = "") -> tuple[P
     (folder / "variables" / "variables.index").write_bytes(b"index")
     (folder / "assets").mkdir()
     (folder / "assets" / "labels.txt").write_text("a\nb\n")
+    if identity:  # what the trainer writes; versions from before it have none
+        (folder / IDENTITY_FILE).write_bytes(identity_bytes(model, version, ["a", "b"]))
     files = list_version_files(folder)
     manifest = build_manifest(model_name=model, version=version, classes=["a", "b"],
                               base_model={}, input_spec={}, metrics={}, dataset={},

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from contract.manifest import MANIFEST_FILE, build_manifest, list_version_files
-from contract.names import SIGNATURE_FILE
+from contract.names import IDENTITY_FILE, SIGNATURE_FILE
 from contract.signing import SigningKey, VerifyKey
 from contract.storage import S3Location, open_location
 from serving.puller import Puller
@@ -55,11 +55,12 @@ def test_the_trainers_signed_version_is_installed_and_verifies(published_s3, sig
     assert "model.sig was not made by the key in --verify-key" in one_error_line(other)
 
 
-def rewrite_manifest(remote, folder: Path, model: str, version: int) -> None:
+def rewrite_manifest(remote, folder: Path, model: str, version: int,
+                     classes: tuple[str, ...] = ("a", "b")) -> None:
     """What an attacker with write access to the bucket does after changing files: a
     manifest that lists the new sizes and sha256s, consistently."""
     files = list_version_files(folder)
-    manifest = build_manifest(model_name=model, version=version, classes=["a", "b"],
+    manifest = build_manifest(model_name=model, version=version, classes=list(classes),
                               base_model={}, input_spec={}, metrics={}, dataset={},
                               files=files)
     for f in files:
@@ -68,9 +69,9 @@ def rewrite_manifest(remote, folder: Path, model: str, version: int) -> None:
 
 
 def signed_version(tmp_path: Path, models_uri: str, model: str, version: int,
-                   key: Path | None) -> Path:
+                   key: Path | None, identity: bool = True) -> Path:
     """A small version folder, signed with `key` the trainer's way, published to S3."""
-    folder, _, _ = make_version(tmp_path, model, version)
+    folder, _, _ = make_version(tmp_path, model, version, identity=identity)
     if key is not None:
         SigningKey.load(key).sign(folder)
     files = list_version_files(folder)
@@ -89,21 +90,46 @@ ATTACKS = {
     "unsigned": "unsigned (no model.sig), and --verify-key requires one",
     "truncated signature": "model.sig is not a model-signing bundle",
     "garbage signature": "model.sig is not a model-signing bundle",
+    # Signed bytes moved or relabelled: the signature binds what the version is.
+    "copied to a higher version number": "identity.json says version 1 of model 'm{i}', "
+                                         "but it was found as version 9000000000 of 'm{i}'",
+    "another model's version copied in": "identity.json says version 1 of model 'other', "
+                                         "but it was found as version 1 of 'm{i}'",
+    "classes reversed in the manifest": "the manifest's classes ['b', 'a'] differ from "
+                                        "['a', 'b'] in identity.json",
+    "signed without an identity": "the signed files have no identity.json",
 }
+COPIED_TO = {"copied to a higher version number": 9_000_000_000}
+
+
+def expected(case: str, models_uri: str) -> str:
+    return ATTACKS[case].format(i=models_uri.rsplit("/m", 1)[1])
 
 
 @pytest.fixture(scope="module")
 def attacked(seaweed, signing_keys, tmp_path_factory) -> dict:
-    """One good signed version (1) and one attacked version per case (2, 3, ...), each in
-    its own model folder beside it, so every case is pulled on its own."""
+    """One good signed version (1) and one attacked version per case (1, or where it was
+    copied to), each in its own model folder beside it, so every case is pulled on its own:
+    {case: (model folder URI, version)}."""
     tmp = tmp_path_factory.mktemp("attacks")
     models_uri = f"s3://{MODELS_BUCKET}/{unique('signed')}"
+    origin = f"s3://{MODELS_BUCKET}/{unique('origin')}"  # where signed versions come from
     cases = {}
     for i, case in enumerate(["good", *ATTACKS]):
         model = f"m{i}"
+        version = COPIED_TO.get(case, 1)
         key = signing_keys["other_private" if case == "signed with another key" else "private"]
-        folder = signed_version(tmp, models_uri, model, 1, None if case == "unsigned" else key)
-        remote = open_location(f"{models_uri}/{model}/1")
+        remote = open_location(f"{models_uri}/{model}/{version}")
+        if case in ("copied to a higher version number", "another model's version copied in"):
+            # The trainer's own signed version elsewhere, copied with a manifest that
+            # says where it now lies: every byte and the signature unchanged.
+            source = "other" if "another model" in case else model
+            folder = signed_version(tmp, origin, source, 1, key)
+            rewrite_manifest(remote, folder, model, version)
+            cases[case] = (f"{models_uri}/{model}", version)
+            continue
+        folder = signed_version(tmp, models_uri, model, 1, None if case == "unsigned" else key,
+                                identity=case != "signed without an identity")
         if case == "labels swapped, manifest rewritten":
             (folder / "assets" / "labels.txt").write_text("b\na\n")
             rewrite_manifest(remote, folder, model, 1)
@@ -117,7 +143,9 @@ def attacked(seaweed, signing_keys, tmp_path_factory) -> dict:
         elif case == "garbage signature":
             (folder / SIGNATURE_FILE).write_bytes(b"\x00\xffnot json at all" * 20)
             rewrite_manifest(remote, folder, model, 1)
-        cases[case] = f"{models_uri}/{model}"
+        elif case == "classes reversed in the manifest":
+            rewrite_manifest(remote, folder, model, 1, classes=("b", "a"))
+        cases[case] = (f"{models_uri}/{model}", 1)
     return cases
 
 
@@ -133,51 +161,56 @@ def test_pull_with_a_verify_key_installs_only_what_the_trainers_key_signed(
 
     monkeypatch.setattr(S3Location, "download_file", spy)
     dest = tmp_path / "serve" / "m"
-    puller = Puller(attacked[case], dest, quiet=True,
-                    verify_key=VerifyKey.load(signing_keys["public"]))
+    uri, version = attacked[case]
+    puller = Puller(uri, dest, quiet=True, verify_key=VerifyKey.load(signing_keys["public"]))
     result = puller.sync_once()
     if case == "good":
         assert result.installed == [1] and result.local == [1]
-        assert fetched[0] == SIGNATURE_FILE  # the signature first
+        assert fetched[:2] == [SIGNATURE_FILE, IDENTITY_FILE]  # the small files first
         return
-    assert result.local == [] and not (dest / "1").exists()
+    assert result.local == [] and not (dest / str(version)).exists()
     assert [p.name for p in dest.iterdir()] == []  # no staging folder left behind
-    assert ATTACKS[case] in result.rejected[1], result.rejected
-    # Refused before anything but the signature was downloaded.
-    assert set(fetched) <= {SIGNATURE_FILE}, fetched
+    assert expected(case, uri) in result.rejected[version], result.rejected
+    # Refused before anything but the signature and the identity was downloaded.
+    assert set(fetched) <= {SIGNATURE_FILE, IDENTITY_FILE}, fetched
     # Not tried again while nothing changed in the store.
     fetched.clear()
     assert puller.sync_once().rejected == result.rejected and fetched == []
-    # Without a key the same store is pulled as before (no signature required)...
-    if case == "unsigned":
-        plain = Puller(attacked[case], tmp_path / "plain" / "m", quiet=True).sync_once()
-        assert plain.installed == [1]
+    # Without a key the same store is pulled as before (no signature required), but an
+    # identity that disagrees with where the version lies is refused all the same.
+    plain = Puller(uri, tmp_path / "plain" / "m", quiet=True).sync_once()
+    if case in ("unsigned", "signed without an identity") or "manifest rewritten" in case \
+            or "signature" in case or case == "signed with another key":
+        assert plain.installed == [version]
+    else:
+        assert plain.installed == [] and expected(case, uri) in plain.rejected[version]
 
 
 @pytest.mark.parametrize("case", ["good", *ATTACKS])
 def test_serving_verify_exits_0_or_2_with_the_reason(attacked, signing_keys, case):
-    proc = verify_cli(f"{attacked[case]}/1", signing_keys["public"])
+    uri, version = attacked[case]
+    proc = verify_cli(f"{uri}/{version}", signing_keys["public"])
     if case == "good":
         assert proc.returncode == 0, proc.stderr
         assert "verified: version 1 of m0" in proc.stdout
         return
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    assert ATTACKS[case] in one_error_line(proc)
+    assert expected(case, uri) in one_error_line(proc)
 
 
 def test_verify_refuses_bad_usage_and_bad_keys(attacked, signing_keys, tmp_path):
-    missing = verify_cli(f"{attacked['good']}/9", signing_keys["public"])
+    missing = verify_cli(f"{attacked['good'][0]}/9", signing_keys["public"])
     assert missing.returncode == 2
     assert "no such published version" in one_error_line(missing)
-    not_a_version = verify_cli(attacked["good"], signing_keys["public"])
+    not_a_version = verify_cli(attacked["good"][0], signing_keys["public"])
     assert not_a_version.returncode == 2
     assert "expected <models-uri>/<model-name>/<version>" in one_error_line(not_a_version)
-    private_as_public = verify_cli(f"{attacked['good']}/1", signing_keys["private"])
+    private_as_public = verify_cli(f"{attacked['good'][0]}/1", signing_keys["private"])
     assert private_as_public.returncode == 2
     assert "not a PEM public key" in one_error_line(private_as_public)
     garbage = tmp_path / "garbage.pub"
     garbage.write_text("-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n")
-    proc = verify_cli(f"{attacked['good']}/1", garbage)
+    proc = verify_cli(f"{attacked['good'][0]}/1", garbage)
     assert proc.returncode == 2 and "not a PEM public key" in one_error_line(proc)
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -185,6 +218,6 @@ def test_verify_refuses_bad_usage_and_bad_keys(attacked, signing_keys, tmp_path)
     rsa_key = tmp_path / "rsa.pub"
     rsa_key.write_bytes(rsa.generate_private_key(65537, 2048).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    proc = verify_cli(f"{attacked['good']}/1", rsa_key)
+    proc = verify_cli(f"{attacked['good'][0]}/1", rsa_key)
     assert proc.returncode == 2
     assert "an EC key on P-256, P-384 or P-521 is required" in one_error_line(proc)
