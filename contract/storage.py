@@ -108,7 +108,11 @@ class Location:
         raise NotImplementedError
 
     def download_file(self, path: str, local: Path,
-                      progress: Callable[[int], None] | None = None) -> None:
+                      progress: Callable[[int], None] | None = None,
+                      size: int | None = None) -> None:
+        """Copy one file to `local`. With `size` (what a listing or manifest declared), the
+        transfer stops with OversizedObject once more than `size` bytes arrive: an object
+        replaced by a bigger one after it was listed fills no disk."""
         raise NotImplementedError
 
     def delete(self, paths: Iterable[str]) -> None:
@@ -229,10 +233,18 @@ class LocalLocation(Location):
             progress(local.stat().st_size)
 
     def download_file(self, path: str, local: Path,
-                      progress: Callable[[int], None] | None = None) -> None:
-        shutil.copyfile(self._path(path), local)
-        if progress:
-            progress(local.stat().st_size)
+                      progress: Callable[[int], None] | None = None,
+                      size: int | None = None) -> None:
+        if size is None:
+            shutil.copyfile(self._path(path), local)
+            if progress:
+                progress(local.stat().st_size)
+            return
+        bounded = _Bounded(size, f"{self.uri}/{path}", progress)
+        with self._path(path).open("rb") as src, local.open("wb") as dst:
+            while chunk := src.read(min(_COPY_CHUNK, size + 1 - bounded.seen)):
+                bounded(len(chunk))
+                dst.write(chunk)
 
     def delete(self, paths: Iterable[str]) -> None:
         for p in paths:
@@ -401,7 +413,14 @@ class S3Location(Location):
                                     Callback=progress, Config=_transfer_config())
 
     def download_file(self, path: str, local: Path,
-                      progress: Callable[[int], None] | None = None) -> None:
+                      progress: Callable[[int], None] | None = None,
+                      size: int | None = None) -> None:
+        if size is not None:
+            # boto3 reads the object's size itself (HEAD), so a bigger object swapped in
+            # after the listing would be fetched whole: every received chunk is counted,
+            # and the first one past `size` aborts the transfer (s3transfer cancels the
+            # other parts and removes its temporary file).
+            progress = _Bounded(size, f"{self.uri}/{path}", progress)
         with s3_errors("cannot download", f"{self.uri}/{path}"):
             s3_client().download_file(self.bucket, self._key(path), str(local),
                                       Callback=progress, Config=_transfer_config())
@@ -433,6 +452,31 @@ def run_parallel(fn: Callable, items: Iterable, workers: int = TRANSFER_WORKERS)
             for future in futures:
                 future.cancel()
             raise
+
+
+class OversizedObject(InputError):
+    """A downloaded object is bigger than the size it was listed or declared with."""
+
+
+_COPY_CHUNK = 1 << 20
+
+
+class _Bounded:
+    """A progress callback that counts bytes and raises OversizedObject past `limit`
+    (thread-safe: s3transfer calls it from its worker threads)."""
+
+    def __init__(self, limit: int, uri: str, then: Callable[[int], None] | None):
+        self.limit, self.uri, self.then, self.seen = limit, uri, then, 0
+        self._lock = threading.Lock()
+
+    def __call__(self, n: int) -> None:
+        with self._lock:
+            self.seen += n
+            if self.seen > self.limit:
+                raise OversizedObject(f"{self.uri} has more than the {self.limit} bytes it "
+                                      "was listed with (changed while it was downloaded)")
+        if self.then:
+            self.then(n)
 
 
 class ByteProgress:

@@ -11,6 +11,7 @@ import click
 
 from contract.console import native_output
 from contract.errors import EXIT_BAD_INPUT
+from contract.versions import MAX_VERSION_MIB
 from serving import defaults
 
 
@@ -228,9 +229,13 @@ def main() -> None:
 @click.option("--serve-newest", is_flag=True, envvar="SERVE_NEWEST",
               help="With labels in the store: also install and serve the newest verified "
                    "version (asked for by number or without a label).")
+@click.option("--max-version-mib", type=click.IntRange(min=1), default=MAX_VERSION_MIB,
+              envvar="PULL_MAX_VERSION_MIB",
+              help="Refuse a version whose files add up to more than this (MiB) before "
+                   "downloading it; each object is also cut off past its listed size.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def pull(source, dest, watch, interval, keep, wait_timeout, verify_key, model_config,
-         serve_newest, quiet) -> None:
+         serve_newest, max_version_mib, quiet) -> None:
     """Bring verified model versions from object storage to a local folder.
 
     Without labels in the store: the newest --keep versions. With labels (_LABELS.json):
@@ -253,7 +258,8 @@ def pull(source, dest, watch, interval, keep, wait_timeout, verify_key, model_co
     setup_logging()
     try:
         puller = Puller(source, dest, keep=keep, quiet=quiet, verify_key=_verify_key(verify_key),
-                        model_config=model_config, serve_newest=serve_newest)
+                        model_config=model_config, serve_newest=serve_newest,
+                        max_version_mib=max_version_mib)
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)

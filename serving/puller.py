@@ -43,6 +43,7 @@ from contract.storage import (
 )
 from contract.versions import (  # noqa: F401 (Rejected and read_manifest: serving's API)
     DOWNLOAD_WORKERS,
+    MAX_VERSION_MIB,
     Rejected,
     check_sizes,
     fetch_file,
@@ -72,9 +73,12 @@ class SyncResult:
 class Puller:
     def __init__(self, source: str, dest: str | Path, keep: int = 2, quiet: bool = False,
                  verify_key: VerifyKey | None = None, model_config: str | Path | None = None,
-                 serve_newest: bool = False):
+                 serve_newest: bool = False, max_version_mib: int = MAX_VERSION_MIB):
         if keep < 1:
             raise UserError(f"--keep must be at least 1, got {keep}")
+        if max_version_mib < 1:
+            raise UserError(f"--max-version-mib must be at least 1, got {max_version_mib}")
+        self.max_version_mib = max_version_mib
         self.source: Location = open_location(source)
         self.dest = Path(dest).expanduser().absolute()
         self.dest_shown = str(dest)  # as the user wrote it, in messages
@@ -368,7 +372,7 @@ class Puller:
                         kind = "a symbolic link" if depth == len(parts) else \
                             f"under the symbolically linked folder {'/'.join(parts[:depth])}"
                         raise Rejected(f"{f.path} is {kind}")
-        check_sizes(manifest, stored)
+        check_sizes(manifest, stored, self.max_version_mib)
         # The signature and identity before any other file: a version not signed by our
         # key, or signed as another model or version, costs a few small downloads.
         files = fetch_head(remote, manifest, staging, self.verify_key)

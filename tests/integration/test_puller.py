@@ -101,8 +101,8 @@ def test_a_tampered_file_is_rejected_and_retried_only_once_it_changes(tmp_path, 
     fetched = []
     real_download = S3Location.download_file
     monkeypatch.setattr(S3Location, "download_file",
-                        lambda self, path, *a: fetched.append(path) or
-                        real_download(self, path, *a))
+                        lambda self, path, *a, **kw: fetched.append(path) or
+                        real_download(self, path, *a, **kw))
     caplog.clear()
     with caplog.at_level("WARNING", logger="serving.puller"):
         assert puller.sync_once().rejected == result.rejected
@@ -331,9 +331,9 @@ def test_hostile_store_contents_reject_one_version_and_never_stop_the_puller(
     downloads = []
     real_download = S3Location.download_file
 
-    def counting(self, path, local, progress=None):
+    def counting(self, path, local, progress=None, size=None):
         downloads.append(f"{self.uri}/{path}")
-        return real_download(self, path, local, progress)
+        return real_download(self, path, local, progress, size)
 
     monkeypatch.setattr(S3Location, "download_file", counting)
     dest = tmp_path / "serve" / "m"
@@ -404,3 +404,66 @@ def test_an_object_the_store_will_not_hand_out_rejects_that_version_only(
     assert result.local == [1] and list(result.rejected) == [2]
     assert "object store error" in result.rejected[2] and unreadable in result.rejected[2]
     assert staging_left(dest) == []
+
+
+def test_a_version_over_the_size_cap_is_refused_before_a_byte_is_downloaded(
+        tmp_path, models_uri, monkeypatch):
+    """Issue 27: a manifest that lists 400 MiB (truly stored) filled the serving volume
+    before it was rejected. A version over --max-version-mib is refused from its listing."""
+    publish_fake(tmp_path, models_uri, "m", 1)
+    folder, files, manifest = make_version(tmp_path, "m", 2)
+    (folder / "variables" / "variables.data-00000-of-00001").write_bytes(os.urandom(3 << 20))
+    files = list_version_files(folder)
+    publish(folder, files, dict(manifest, files=[f.__dict__ for f in files]), models_uri,
+            "m", 2, quiet=True)
+    fetched = []
+    real_download = S3Location.download_file
+    monkeypatch.setattr(S3Location, "download_file",
+                        lambda self, path, *a, **kw: fetched.append(f"{self.uri}/{path}") or
+                        real_download(self, path, *a, **kw))
+    dest = tmp_path / "serve" / "m"
+    result = Puller(f"{models_uri}/m", dest, keep=2, quiet=True, max_version_mib=2).sync_once()
+    assert result.local == [1]
+    assert "its files add up to 3 MiB, more than the 2 MiB a version may have " \
+           "(--max-version-mib)" in result.rejected[2]
+    assert not [p for p in fetched if "/m/2/" in p] and staging_left(dest) == []
+    # The flag: one line and exit 2 for a value that is not a size.
+    proc = run_cli("serving", "pull", "--source", f"{models_uri}/m", "--dest",
+                   str(tmp_path / "x" / "m"), "--max-version-mib", "0")
+    assert proc.returncode == 2 and "--max-version-mib" in proc.stderr
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_an_object_swapped_for_a_bigger_one_after_listing_is_cut_off_at_its_size(
+        tmp_path, models_uri, monkeypatch, where):
+    """Issue 27: the download was not capped at the declared size, so an object replaced
+    after the listing (here by 80 MiB, past the multipart threshold) landed whole in the
+    serving volume. Now the transfer stops at the first chunk past the listed size."""
+    from contract.storage import LocalLocation, MULTIPART_THRESHOLD
+
+    root = models_uri if where == "s3" else str(tmp_path / "store")
+    publish_fake(tmp_path, root, "m", 1)
+    kind = S3Location if where == "s3" else LocalLocation
+    real_download = kind.download_file
+    big = MULTIPART_THRESHOLD + (16 << 20)
+    peak = []
+
+    def swap_then_download(self, path, local, progress=None, size=None):
+        if path.startswith("variables/variables.data") and not peak:
+            swapped = tmp_path / "swapped"
+            with swapped.open("wb") as f:
+                f.truncate(big)  # 80 MiB of zeros, cheap to make
+            self.upload_file(path, swapped, None)
+            try:
+                return real_download(self, path, local, progress, size)
+            finally:
+                peak.append(local.stat().st_blocks * 512 if local.exists() else 0)
+        return real_download(self, path, local, progress, size)
+
+    monkeypatch.setattr(kind, "download_file", swap_then_download)
+    dest = tmp_path / "serve" / "m"
+    result = Puller(f"{root}/m", dest, quiet=True).sync_once()
+    assert result.local == [] and staging_left(dest) == []
+    assert "has more than the 300000 bytes it was listed with (changed while it was " \
+           "downloaded)" in result.rejected[1], result.rejected
+    assert peak and peak[0] < big // 4, peak  # cut off early, not written whole

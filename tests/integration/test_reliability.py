@@ -96,8 +96,8 @@ def test_a_version_deleted_while_downloading_is_discarded(seaweed, tmp_path, mon
     real_download = S3Location.download_file
     calls = []
 
-    def download_then_delete(self, path, local, progress=None):
-        real_download(self, path, local, progress)
+    def download_then_delete(self, path, local, progress=None, size=None):
+        real_download(self, path, local, progress, size)
         if "/m/2" in self.uri and not calls:  # after the first file of version 2...
             calls.append(path)
             remote = open_location(f"{models}/m/2")  # ...version 2 is deleted from the store

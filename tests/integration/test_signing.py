@@ -155,9 +155,9 @@ def test_pull_with_a_verify_key_installs_only_what_the_trainers_key_signed(
     fetched: list[str] = []
     real_download = S3Location.download_file
 
-    def spy(self, path, target, progress=None):
+    def spy(self, path, target, progress=None, size=None):
         fetched.append(path)
-        return real_download(self, path, target, progress)
+        return real_download(self, path, target, progress, size)
 
     monkeypatch.setattr(S3Location, "download_file", spy)
     dest = tmp_path / "serve" / "m"
