@@ -439,7 +439,7 @@ def test_an_object_swapped_for_a_bigger_one_after_listing_is_cut_off_at_its_size
     """Issue 27: the download was not capped at the declared size, so an object replaced
     after the listing (here by 80 MiB, past the multipart threshold) landed whole in the
     serving volume. Now the transfer stops at the first chunk past the listed size."""
-    from contract.storage import LocalLocation, MULTIPART_THRESHOLD
+    from contract.storage import MULTIPART_THRESHOLD, LocalLocation
 
     root = models_uri if where == "s3" else str(tmp_path / "store")
     publish_fake(tmp_path, root, "m", 1)
