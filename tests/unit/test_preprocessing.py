@@ -107,7 +107,11 @@ def hostile_gif(side: int, frames: int, screen: int = 1) -> bytes:
     return header + frame * frames + b";"
 
 
-MANY_BLOCKS = b"GIF89a\x01\x00\x01\x00\x00\x00\x00" + b"\x21\xfe" + b"\x01A" * 25_000 + b"\x00;"
+GIF_HEADER = b"GIF89a\x01\x00\x01\x00\x00\x00\x00"
+# One comment whose text is 25,000 one-byte sub-blocks: one block, walked at once.
+LONG_CHAIN = GIF_HEADER + b"\x21\xfe" + b"\x01A" * 25_000 + b"\x00;"
+# 1,100 comments (5.5 KB): each a block of its own; this walk cost 0.5 s a file.
+MANY_BLOCKS = GIF_HEADER + b"\x21\xfe\x01A\x00" * 1_100 + b";"
 
 
 @pytest.mark.parametrize("data,expected", [
@@ -116,9 +120,11 @@ MANY_BLOCKS = b"GIF89a\x01\x00\x01\x00\x00\x00\x00" + b"\x21\xfe" + b"\x01A" * 2
     (hostile_gif(3000, 12), 108_000_000),  # twelve of them: over the limit together
     (hostile_gif(500, 3)[:-200], 750_000),  # truncated in its last frame: what is there
     (b"GIF89a", 0),
-    (MANY_BLOCKS, None),  # 25,000 one-byte blocks: refused, not walked for seconds
+    (LONG_CHAIN, 0),
+    (hostile_gif(20, 500), 200_000),  # 500 frames, 1,000 blocks: a long animation is fine
+    (MANY_BLOCKS, None),  # more than 1,024 blocks: refused after 1,024 loop steps
 ], ids=["plain", "big-frame-small-header", "many-frames", "truncated", "header-only",
-        "too-many-blocks"])
+        "long-chain", "500-frames", "too-many-blocks"])
 def test_gif_frames_are_counted_the_same_way_with_and_without_tensorflow(data, expected):
     from contract.image_formats import gif_frame_pixels as python_walk
     from trainer.preprocessing import gif_frame_pixels
@@ -126,7 +132,7 @@ def test_gif_frames_are_counted_the_same_way_with_and_without_tensorflow(data, e
     graph_walk = tf.function(gif_frame_pixels)  # as in the exported graph (eager is slow)
 
     if expected is None:
-        with pytest.raises(ValueError, match="more than 20000 GIF blocks"):
+        with pytest.raises(ValueError, match="more than 1024 GIF blocks"):
             python_walk(data)
         with pytest.raises(tf.errors.InvalidArgumentError, match="GIF blocks"):
             graph_walk(tf.constant(data))
