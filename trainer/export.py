@@ -146,10 +146,33 @@ class Classifier(tf.Module):
         return self._outputs(vgg_preprocess(images))
 
     def serve_classify(self, inputs):
-        examples = tf.io.parse_example(
-            inputs, {EXAMPLE_IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)})
-        out = self._from_bytes(examples[EXAMPLE_IMAGE_FEATURE])
+        out = self._from_bytes(example_images(inputs))
         return {"classes": out["classes"], "scores": out["scores"]}
+
+
+def example_images(serialized: tf.Tensor) -> tf.Tensor:
+    """[N] serialized tf.Examples -> [N] image bytes: each one's single `image/encoded`
+    value, or "" (which serving_default's decoding reports as not an image) for an item that
+    is not an Example, lacks the feature, holds another type or more than one value.
+
+    tf.io.parse_example fails the whole call on any such item, and under TF Serving's
+    batching one client's malformed Example would then fail every Classify request batched
+    with it. Each item is parsed where a failure drops only that item (tf.data's
+    ignore_errors, as preprocessing._surviving does for images)."""
+    spec = {EXAMPLE_IMAGE_FEATURE: tf.io.VarLenFeature(tf.string)}
+
+    def parse(i, example):
+        values = tf.io.parse_single_example(example, spec)[EXAMPLE_IMAGE_FEATURE].values
+        check = tf.debugging.assert_equal(tf.size(values), 1)
+        with tf.control_dependencies([check]):
+            return i, tf.identity(values[0])
+
+    n = tf.size(serialized, out_type=tf.int64)
+    items = tf.data.Dataset.from_tensor_slices((tf.range(n), serialized)).map(parse)
+    end = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), tf.constant("")))
+    found, images = items.ignore_errors(log_warning=False).concatenate(end).batch(
+        n + 1).get_single_element()
+    return tf.tensor_scatter_nd_update(tf.fill([n], ""), found[:-1, None], images[:-1])
 
 
 def export_saved_model(model: keras.Model, classes: list[str], version_dir: Path,

@@ -6,7 +6,11 @@ from per-(servable, signature) queues; a batch is formed when it reaches `max_ba
 its oldest request has waited `batch_timeout_micros` (0: as soon as a thread is free, so
 requests that arrive while the model is busy ride together). A request bigger than
 `max_batch_size` is INVALID_ARGUMENT; a full queue answers UNAVAILABLE at once. A batched
-run that fails fails every request in it, with the same status, as in TF Serving.
+run that fails fails every request in it, with the same status, as in TF Serving. Like TF
+Serving, a request's tensors are not checked against the signature before they join a batch
+(predict_util.cc converts them, BatchingSession::Run checks only their 0th dimensions): a
+tensor of another shape or dtype fails the merge (MergeInputTensors), and so every request
+batched with it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from serving.devserver.errors import (
     ServingError,
     deadline_exceeded,
     failed_precondition,
+    internal,
     invalid_argument,
     unavailable,
 )
@@ -74,7 +79,6 @@ class Batcher:
         if size > limit:
             raise invalid_argument(f"Task size {size} is larger than maximum input batch size "
                                    f"{limit}")
-        servable.validate(signature, inputs)  # a bad request must not join a batch
         task = _Task(inputs, size, deadline)
         key = (id(servable), signature.name)
         with self._cond:
@@ -195,6 +199,10 @@ class Batcher:
 
 
 def _merge(inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """TF Serving's BatchingSession::MergeInputTensors: equal shapes past the 0th dimension
+    (FAILED_PRECONDITION), then tensor::Concat, whose dtype check fails as INTERNAL."""
+    from serving.devserver.servable import value_dtype_name
+
     merged = {}
     for name in inputs[0]:
         parts = [i[name] for i in inputs]
@@ -204,5 +212,10 @@ def _merge(inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
                 "padding is turned off. Set pad_variable_length_inputs to true, or ensure that "
                 "all tensors with the same name have equal dimensions starting with the first "
                 "dim.")
+        dtypes = [value_dtype_name(p) for p in parts]
+        if other := next((d for d in dtypes if d != dtypes[0]), None):
+            raise internal("Tensor concat operation failed: INVALID_ARGUMENT: Cannot "
+                           "concatenate tensors that have different data types. Got "
+                           f"{dtypes[0]} and {other}.")
         merged[name] = np.concatenate(parts) if len(parts) > 1 else parts[0]
     return merged

@@ -68,6 +68,10 @@ def failed_precondition(message: str) -> ServingError:
     return ServingError(C.FAILED_PRECONDITION, message)
 
 
+def internal(message: str) -> ServingError:
+    return ServingError(C.INTERNAL, message)
+
+
 def unavailable(message: str) -> ServingError:
     return ServingError(C.UNAVAILABLE, message)
 

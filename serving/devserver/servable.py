@@ -55,6 +55,13 @@ def _shape(info) -> list[int] | None:
     return [d.size for d in info.tensor_shape.dim]
 
 
+def value_dtype_name(value: np.ndarray) -> str:
+    """TensorFlow's name (DataTypeString) for a request tensor's dtype."""
+    if value.dtype == object or value.dtype.kind in "SU":
+        return "string"
+    return dtype_name(tf.dtypes.as_dtype(value.dtype).as_datatype_enum)
+
+
 def check_feed(alias: str, info, value: np.ndarray, position: int) -> tf.DType:
     """The graph's dtype for a request tensor, or INVALID_ARGUMENT the way TF reports it."""
     expected = tf.dtypes.as_dtype(info.dtype)
@@ -63,10 +70,8 @@ def check_feed(alias: str, info, value: np.ndarray, position: int) -> tf.DType:
     else:
         ok = value.dtype == expected.as_numpy_dtype
     if not ok:
-        got = "string" if value.dtype == object or value.dtype.kind in "SU" else \
-            dtype_name(tf.dtypes.as_dtype(value.dtype).as_datatype_enum)
         raise invalid_argument(f"Expects arg[{position}] to be {dtype_name(info.dtype)} but "
-                               f"{got} is provided")
+                               f"{value_dtype_name(value)} is provided")
     shape = _shape(info)
     if shape is not None and (len(shape) != value.ndim or any(
             want not in (-1, got) for want, got in zip(shape, value.shape, strict=True))):

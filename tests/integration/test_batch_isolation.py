@@ -120,6 +120,79 @@ def test_one_bad_image_and_five_good_requests_at_once_over_grpc(gathering_server
         np.testing.assert_allclose(out["scores"][0], direct["scores"].numpy()[i], atol=1e-6)
 
 
+def test_malformed_examples_and_good_classify_requests_at_once(gathering_server, tiny_model):
+    """Issue 27: an Example without `image/encoded`, with two values in it or with another
+    type failed the parse of the whole batched run, so every Classify request batched with
+    it got that client's INVALID_ARGUMENT. Now each such item gets all-zero scores."""
+    from tensorflow_serving.apis import classification_pb2
+
+    goods = tiny_model.files[:3]
+
+    def example(**feature) -> tf.train.Example:
+        return tf.train.Example(features=tf.train.Features(feature={
+            "image/encoded": tf.train.Feature(**feature)} if feature else {}))
+
+    first = goods[0][1]
+    hostile = [example(), example(bytes_list=tf.train.BytesList(value=[first, first])),
+               example(int64_list=tf.train.Int64List(value=[1]))]
+    with grpc.insecure_channel(gathering_server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+        def classify(e: tf.train.Example):
+            request = classification_pb2.ClassificationRequest()
+            request.model_spec.name = "tiny"
+            request.model_spec.signature_name = "classify"
+            request.input.example_list.examples.add().CopyFrom(e)
+            return lambda: stub.Classify(request, timeout=TIMEOUT)
+
+        responses = at_once([classify(e) for e in hostile] + [classify(example(
+            bytes_list=tf.train.BytesList(value=[d]))) for _, d in goods])
+    assert not [r for r in responses if isinstance(r, Exception)], responses
+    assert len(responses) == 6
+    for r in responses[:3]:
+        assert [c.score for c in r.result.classifications[0].classes] == [0.0, 0.0]
+    for (path, _), r in zip(goods, responses[3:], strict=True):
+        scores = [c.score for c in r.result.classifications[0].classes]
+        np.testing.assert_allclose(scores, tiny_model.expected[path], atol=1e-5)
+    assert largest_batch(gathering_server) >= 4
+
+
+@pytest.mark.parametrize("tensor,code,message", [
+    (tf.make_tensor_proto([1.0], dtype=tf.float32), grpc.StatusCode.INTERNAL,
+     "Tensor concat operation failed: INVALID_ARGUMENT: Cannot concatenate tensors that have "
+     "different data types. Got "),  # string and float, in the order the tasks joined
+    (tf.make_tensor_proto([[b"x"]]), grpc.StatusCode.FAILED_PRECONDITION,
+     "Tensors with name 'image_bytes' from different tasks have different shapes"),
+], ids=["float-image-bytes", "image-bytes-of-rank-2"])
+def test_a_tensor_of_another_dtype_or_shape_fails_its_whole_batch_as_in_tf_serving(
+        gathering_server, tiny_model, tensor, code, message):
+    """What the exported graph cannot help: TF Serving converts a Predict request's tensors
+    without checking them against the signature, so one client's tensor of another dtype or
+    rank fails the merge of the batch it joined (batching_session.cc, MergeInputTensors),
+    and every request in it gets that status. serving local shows the same blast radius."""
+    goods = tiny_model.files[3:6]
+    with grpc.insecure_channel(gathering_server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+        def predict(proto):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "tiny"
+            request.inputs["image_bytes"].CopyFrom(proto)
+            return lambda: stub.Predict(request, timeout=TIMEOUT)
+
+        responses = at_once([predict(tf.make_tensor_proto([d])) for _, d in goods]
+                            + [predict(tensor)])
+        assert len(responses) == 4 and all(isinstance(r, grpc.RpcError) for r in responses)
+        assert {r.code() for r in responses} == {code}, [r.details() for r in responses]
+        assert all(message in r.details() for r in responses), responses[0].details()
+        # Alone, the same tensor fails only itself; the good ones then answer.
+        alone = at_once([predict(tensor)])[0]
+        assert isinstance(alone, grpc.RpcError)
+        assert alone.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert not isinstance(at_once([predict(tf.make_tensor_proto([goods[0][1]]))])[0],
+                              Exception)
+
+
 @pytest.fixture(scope="module")
 def fragile_model(tmp_path_factory):
     """A SavedModel whose run fails on any negative input: what the VGG16 graph did on an
