@@ -158,7 +158,7 @@ def example_images(serialized: tf.Tensor) -> tf.Tensor:
     tf.io.parse_example fails the whole call on any such item, and under TF Serving's
     batching one client's malformed Example would then fail every Classify request batched
     with it. Each item is parsed where a failure drops only that item (tf.data's
-    ignore_errors, as preprocessing._surviving does for images)."""
+    ignore_errors, as preprocessing._dropping_pass does for images)."""
     spec = {EXAMPLE_IMAGE_FEATURE: tf.io.VarLenFeature(tf.string)}
 
     def parse(i, example):

@@ -25,8 +25,12 @@ IMAGE_SIZE = (224, 224)  # VGG16 with its fully connected top takes exactly 224x
 PREPROCESSING = "vgg16"  # manifest "input.preprocessing"
 PREPROCESSING_VERSION = "vgg16-bilinear-aa-v1"
 _HEADER_BYTES = 32
-# Images decoded at once per call: bounds the memory a single request's decoding can take.
+# Images decoded at once per call, and the size above which an image is decoded alone:
+# one call's decoding then holds at most about 4 x 25 MP (or 1 x 100 MP) of pixel buffers,
+# 0.3-0.45 GB at 3-4.5 bytes a pixel (RGB output, a progressive JPEG's coefficients),
+# instead of 4 x 100 MP.
 DECODE_PARALLELISM = 4
+BIG_IMAGE_PIXELS = 25_000_000
 
 
 def _uint(header: tf.Tensor, start: int, size: int, big_endian: bool) -> tf.Tensor:
@@ -178,36 +182,46 @@ def preprocess_image_bytes(image_bytes: tf.Tensor) -> tf.Tensor:
     return vgg_preprocess(decode_and_resize(image_bytes))
 
 
-def _sized_and_preprocessed(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(declared pixels, VGG16 input) of one image; an image declaring more than
-    MAX_IMAGE_PIXELS is not decoded (zeros instead). Fails on bytes whose size or pixels
-    cannot be read: preprocess_batch runs it where a failure drops only that image."""
-    pixels = declared_pixels(image_bytes)
-    image = tf.cond(pixels <= MAX_IMAGE_PIXELS,
-                    lambda: vgg_preprocess(_decode_and_resize_unchecked(image_bytes)),
-                    lambda: tf.zeros([*IMAGE_SIZE, 3], tf.float32))
-    return pixels, image
-
-
-def _surviving(positions: tf.Tensor, image_bytes: tf.Tensor
-               ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """(positions, declared pixels, VGG16 inputs) of the images at `positions` whose size
-    and pixels could be read, in order.
+def _dropping_pass(fn, positions: tf.Tensor, image_bytes: tf.Tensor, parallelism: int,
+                   sentinel: tuple) -> tuple:
+    """(positions, *fn(bytes)) of the images at `positions` for which fn did not fail, in
+    order: `fn` runs where a failure drops only that image.
 
     tf.data's ignore_errors is the one way a graph survives a failing op: a corrupt image
     is dropped here instead of failing the whole run. The items are gathered with one
     batch and get_single_element, which costs what a map_fn costs (a few ms); a `reduce`
     over the same dataset cost 100-300 ms per call, whatever the images. A last item that
-    cannot fail keeps the dataset from ever being empty (get_single_element would fail).
+    cannot fail (`sentinel`, fn's outputs for nothing) keeps the dataset from ever being
+    empty (get_single_element would fail).
     """
     items = tf.data.Dataset.from_tensor_slices((positions, tf.gather(image_bytes, positions)))
-    items = items.map(lambda i, b: (i, *_sized_and_preprocessed(b)),
-                      num_parallel_calls=DECODE_PARALLELISM, deterministic=True)
-    end = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), tf.constant(0, tf.int64),
-                                        tf.zeros([*IMAGE_SIZE, 3], tf.float32)))
-    found, pixels, images = items.ignore_errors(log_warning=False).concatenate(end).batch(
+    items = items.map(lambda i, b: (i, *fn(b)), num_parallel_calls=parallelism,
+                      deterministic=True)
+    end = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), *sentinel))
+    found = items.ignore_errors(log_warning=False).concatenate(end).batch(
         tf.size(positions, out_type=tf.int64) + 1).get_single_element()
-    return found[:-1], pixels[:-1], images[:-1]
+    return tuple(t[:-1] for t in found)
+
+
+def _preprocessed(image_bytes: tf.Tensor) -> tuple[tf.Tensor]:
+    return (vgg_preprocess(_decode_and_resize_unchecked(image_bytes)),)
+
+
+def _decoded(positions: tf.Tensor, image_bytes: tf.Tensor, pixels: tf.Tensor
+             ) -> tuple[tf.Tensor, tf.Tensor]:
+    """(positions, VGG16 inputs) of the images at `positions` that decode, in order; those
+    declaring more than BIG_IMAGE_PIXELS one at a time, the others DECODE_PARALLELISM at
+    a time, so one call's decoding holds at most about DECODE_PARALLELISM x BIG_IMAGE_PIXELS
+    pixels' worth of buffers, whatever the request holds."""
+    zeros = (tf.zeros([*IMAGE_SIZE, 3], tf.float32),)
+    big = pixels > BIG_IMAGE_PIXELS
+    small_at, small = _dropping_pass(_preprocessed, tf.boolean_mask(positions, ~big),
+                                        image_bytes, DECODE_PARALLELISM, zeros)
+    big_at, large = _dropping_pass(_preprocessed, tf.boolean_mask(positions, big),
+                                      image_bytes, 1, zeros)
+    at = tf.concat([small_at, big_at], 0)
+    order = tf.argsort(at)
+    return tf.gather(at, order), tf.gather(tf.concat([small, large], 0), order)
 
 
 def preprocess_batch(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -216,17 +230,20 @@ def preprocess_batch(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.T
 
     Nothing in the bytes can make this fail. Under TF Serving's batching one failed
     Session::Run fails every request batched into it (batching/batching_session.cc,
-    ProcessBatch), so a bad image must not fail the run. Each image is read in one pass
-    where a failure drops only that image (its size read, a GIF's blocks walked, then
-    decoded, resized and preprocessed, each once); the good images keep their order and go
-    on alone, so their results are exactly what they would be without the bad ones.
+    ProcessBatch), so a bad image must not fail the run. Each image's size is read (a GIF's
+    blocks walked) in a pass where a failure drops only that image, then the images within
+    MAX_IMAGE_PIXELS are decoded, resized and preprocessed, once each, in passes of the same
+    kind (_decoded bounds their memory); the good images keep their order and go on alone,
+    so their results are exactly what they would be without the bad ones.
     """
     n = tf.shape(image_bytes, out_type=tf.int64)[0]
     known = tf.map_fn(is_known_format, image_bytes, fn_output_signature=tf.bool)
-    read, pixels, images = _surviving(tf.where(known)[:, 0], image_bytes)
+    read, pixels = _dropping_pass(lambda b: (declared_pixels(b),), tf.where(known)[:, 0],
+                                  image_bytes, DECODE_PARALLELISM,
+                                  (tf.constant(0, tf.int64),))
     fits = pixels <= MAX_IMAGE_PIXELS
-    positions = tf.boolean_mask(read, fits)
-    images = tf.boolean_mask(images, fits)
+    positions, images = _decoded(tf.boolean_mask(read, fits), image_bytes,
+                                 tf.boolean_mask(pixels, fits))
 
     def mark(at: tf.Tensor) -> tf.Tensor:
         return tf.scatter_nd(at[:, None], tf.ones_like(at, tf.bool), [n])

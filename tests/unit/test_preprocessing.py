@@ -141,6 +141,13 @@ def test_gif_frames_are_counted_the_same_way_with_and_without_tensorflow(data, e
     assert int(graph_walk(tf.constant(data))) == expected
 
 
+def peak_kb() -> int:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss, which Linux
+    carries across execve: a child of the test process would start at the test's peak."""
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+
+
 def test_hostile_gifs_are_flagged_per_item_and_never_decoded():
     """In the graph every request runs: the crafted GIFs get their reason, the good image
     its pixels; the process never holds what the frames would have decoded to."""
@@ -151,16 +158,17 @@ def test_hostile_gifs_are_flagged_per_item_and_never_decoded():
     from tests.conftest import REPO
 
     code = f"""
-import json, resource, sys
+import json, sys
 import tensorflow as tf
 sys.path.insert(0, {str(REPO)!r})
 from tests.unit.test_preprocessing import MANY_BLOCKS, RED, encode, hostile_gif
 from trainer.preprocessing import preprocess_batch
+from tests.unit.test_preprocessing import peak_kb
 batch = [hostile_gif(6000, 3), hostile_gif(3000, 12), MANY_BLOCKS, encode(RED, "JPEG")]
 preprocess_batch(tf.constant([encode(RED, "PNG")]))  # traced and warm before measuring
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_kb()
 images, positions, errors = preprocess_batch(tf.constant(batch))
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_kb()
 print(json.dumps([positions.numpy().tolist(), [e.decode() for e in errors.numpy()],
                   (after - before) // 1024]))
 """
@@ -173,3 +181,44 @@ print(json.dumps([positions.numpy().tolist(), [e.decode() for e in errors.numpy(
                       "truncated or corrupt image", ""]
     # Decoding them would take 108 MP x 3 bytes (324 MB) for the output alone.
     assert grown_mb < 100, grown_mb
+
+
+def test_one_calls_decoding_stays_within_its_memory_budget(tmp_path):
+    """Issue 27: four progressive 100 MP JPEGs (1.2 MB each, under the 100 MP guard) took
+    +1.2 GB to decode four at a time, beside three 0.55 GB versions in a 4 GiB pod. Images
+    over 25 MP are now decoded one at a time: measured +0.6 GB."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    side = 9999  # 99.98 MP: just within MAX_IMAGE_PIXELS
+    big = Image.new("RGB", (side, side), (120, 30, 200))
+    big.paste(Image.new("RGB", (64, 64), (0, 250, 0)), (0, 0))
+    path = tmp_path / "big.jpg"
+    big.save(path, "JPEG", progressive=True, quality=90)
+    del big
+    code = f"""
+import json, sys
+import tensorflow as tf
+sys.path.insert(0, {str(REPO)!r})
+from tests.unit.test_preprocessing import RED, encode
+from trainer.preprocessing import preprocess_batch
+from tests.unit.test_preprocessing import peak_kb
+big = open({str(path)!r}, "rb").read()
+preprocess_batch(tf.constant([encode(RED, "PNG")]))  # traced and warm before measuring
+before = peak_kb()
+images, positions, errors = preprocess_batch(tf.constant([big] * 4 + [encode(RED, "JPEG")]))
+after = peak_kb()
+print(json.dumps([positions.numpy().tolist(), [e.decode() for e in errors.numpy()],
+                  (after - before) // 1024]))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    positions, errors, grown_mb = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert positions == [0, 1, 2, 3, 4] and errors == [""] * 5  # all decoded, in order
+    # The serving pod's 4 GiB holds three versions (1.65 GB), TensorFlow and a batch's
+    # activations: one call's decoding gets less than 1 GB.
+    assert grown_mb < 900, grown_mb
