@@ -114,7 +114,12 @@ def cli() -> None:
 @click.option("--cache-check", type=int, default=defaults.DEFAULT_CACHE_CHECK,
               envvar="CACHE_CHECK",
               help="Cache hits recomputed through VGG16 each run, chosen at random, to catch "
-                   "entries that are not their images' features (exit 4). 0: none.")
+                   "entries that are not their images' features (exit 4): at least this "
+                   "many. 0 and --cache-check-fraction 0: none.")
+@click.option("--cache-check-fraction", type=float,
+              default=defaults.DEFAULT_CACHE_CHECK_FRACTION, envvar="CACHE_CHECK_FRACTION",
+              help="...and at least this share of the cache hits (a run that poisons k "
+                   "entries is caught with probability 1 - (1 - share)^k).")
 @precision_option("--no-cache: float32.")
 @click.option("--min-val-accuracy", type=float, default=0.0, envvar="MIN_VAL_ACCURACY",
               help="Publish only if validation accuracy reaches this (else exit 4, "
@@ -142,7 +147,8 @@ def cli() -> None:
 @click.option("--verbose", is_flag=True,
               help="Also show TensorFlow's native start-up and log lines.")
 def train(data, output, model_name, epochs, batch_size, learning_rate, val_split, seed,
-          base_model, weights, cache, no_cache, cache_check, precision, min_val_accuracy,
+          base_model, weights, cache, no_cache, cache_check, cache_check_fraction, precision,
+          min_val_accuracy,
           test_split, min_test_accuracy, version, report_dir, require_gpu, signing_key, quiet,
           verbose) -> None:
     """Train the softmax head on a frozen VGG16 (or another --base-model) and publish a
@@ -165,6 +171,7 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
                              val_split=val_split, seed=seed, base_model=base_model,
                              weights=weights,
                              cache=None if no_cache else cache, cache_check=cache_check,
+                             cache_check_fraction=cache_check_fraction,
                              precision=precision,
                              min_val_accuracy=min_val_accuracy, test_split=test_split,
                              min_test_accuracy=min_test_accuracy, version=version,

@@ -13,6 +13,7 @@ only complete entries behind.
 from __future__ import annotations
 
 import io
+import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -114,12 +115,20 @@ class Features:
     spot_checked: int = 0  # cache hits recomputed through the base and found equal
 
 
+def spot_check_count(hits: int, at_least: int, fraction: float) -> int:
+    """How many of `hits` cache hits to recompute: the fraction of them, rounded up, and
+    never fewer than `at_least` (nor more than there are)."""
+    return min(hits, max(at_least, math.ceil(fraction * hits)))
+
+
 def spot_check(images: ImageSet, base: BaseModel, vectors: np.ndarray, hits: np.ndarray,
-               count: int, batch_size: int, precision: str = "float32") -> int:
-    """Recompute `count` randomly chosen cache hits (a new choice every run) and compare.
-    Whoever can write the cache could store other images' features under these images'
-    keys; a sampled mismatch stops the run (exit 4) before anything is trained on them."""
-    if count <= 0 or not len(hits):
+               checks: tuple[int, float], batch_size: int, precision: str = "float32") -> int:
+    """Recompute randomly chosen cache hits (`checks`: at least that many, and that share;
+    a new choice every run) and compare. Whoever can write the cache could store other
+    images' features under these images' keys; a sampled mismatch stops the run (exit 4)
+    before anything is trained on them."""
+    count = spot_check_count(len(hits), *checks)
+    if count <= 0:
         return 0
     rng = np.random.default_rng()  # unseeded on purpose: an attacker cannot predict it
     sample = np.sort(rng.choice(hits, size=min(count, len(hits)), replace=False))
@@ -198,7 +207,8 @@ def _drop_undecodable(images: ImageSet, ok: np.ndarray) -> ImageSet:
 
 
 def extract_features(images: ImageSet, base: BaseModel, cache: FeatureCache | None,
-                     batch_size: int, quiet: bool = False, spot_checks: int = 0) -> Features:
+                     batch_size: int, quiet: bool = False,
+                     spot_checks: tuple[int, float] = (0, 0.0)) -> Features:
     """fc2 features for every decodable image: from the cache where possible, else computed
     once through the base (and written to the cache as they come, so progress survives a kill)."""
     start = time.perf_counter()

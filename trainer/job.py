@@ -106,7 +106,8 @@ def run(config: TrainConfig) -> JobResult:
     if config.cache is not None:
         cache = FeatureCache.of(open_location(config.cache), base, runtime.precision)
         features = extract_features(images, base, cache, config.batch_size, config.quiet,
-                                    spot_checks=config.cache_check)
+                                    spot_checks=(config.cache_check,
+                                                 config.cache_check_fraction))
         images, vectors = features.images, features.vectors
         from_cache, computed = features.from_cache, features.computed
         spot_checked = features.spot_checked

@@ -335,8 +335,11 @@ def test_poisoned_training_entries_are_caught_by_the_spot_check(train, tmp_path)
     donor = entries[sorted(val)[0]].read_bytes()
     for path in trained:
         entries[path].write_bytes(donor)
-    second = train(*args, "--version", "2", "--cache-check", "3")
+    # Half of the 8 hits recomputed (4, so at least two of the six poisoned ones).
+    second = train(*args, "--version", "2", "--cache-check", "0", "--cache-check-fraction",
+                   "0.5")
     assert second.exit_code == 4, second.output
+    assert "of 4 cache entries checked are not their images' features" in second.output
     line = error_line(second)
     assert "feature cache spot check:" in line and "nothing published" in line
     assert sorted(p.name for p in (tmp_path / "models" / "m").iterdir()) == ["1"]
