@@ -212,10 +212,11 @@ def run(config: TrainConfig) -> JobResult:
                 images.labels[val], runtime.precision, config.batch_size)
             t = lap("cross_check", t)
         timings["total_before_publish"] = round(t - started, 3)
-        write_metrics(report_dir, metrics)
+        write_metrics(report_dir, shipped_metrics(metrics))
 
         version = config.version or int(time.time())
-        write_config(report_dir, config.resolved(version).to_json())
+        full_config = config.resolved(version).to_json()
+        write_config(report_dir, shipped_config(full_config))
         # What this version is, in a file the signature covers (the manifest is unsigned).
         (version_dir / IDENTITY_FILE).write_bytes(
             identity_bytes(config.model_name, version, images.classes))
@@ -240,7 +241,7 @@ def run(config: TrainConfig) -> JobResult:
             dataset={"uri": config.data, "fingerprint": images.fingerprint(),
                      "images": len(images), "skipped": len(images.skipped)},
             files=files)
-        _copy_report(report_dir, config.report_dir)
+        _copy_report(report_dir, config.report_dir, metrics, full_config)
         result.uri = publish(version_dir, files, manifest, config.output, config.model_name,
                              version, quiet=config.quiet)
         result.version = version
@@ -293,6 +294,29 @@ def cross_check(serve, base: BaseModel, head, val_contents, cached: np.ndarray,
             "export_largest_difference": off, "served_val_accuracy": served}
 
 
-def _copy_report(report_dir: Path, destination: str | None) -> None:
+def shipped_metrics(metrics: dict) -> dict:
+    """metrics.json as it goes into the version, which every serving pod holds: without
+    the per-image lists (validation image paths, true labels and scores; skipped files and
+    why). Those stay in --report-dir, beside the run."""
+    shipped = {**metrics, "validation": {k: v for k, v in metrics["validation"].items()
+                                         if k != "predictions"}}
+    shipped["skipped"] = len(metrics.get("skipped", []))
+    return shipped
+
+
+def shipped_config(config: dict) -> dict:
+    """config.json as it goes into the version: where the signing key lies on the trainer's
+    machine is not the model's business (manifest and model.sig say whether it is signed)."""
+    return {k: v for k, v in config.items() if k != "signing_key"}
+
+
+def _copy_report(report_dir: Path, destination: str | None, metrics: dict | None = None,
+                 config: dict | None = None) -> None:
+    """The report into --report-dir, with the full metrics and configuration."""
     if destination:
-        shutil.copytree(report_dir, Path(destination).expanduser(), dirs_exist_ok=True)
+        target = Path(destination).expanduser()
+        shutil.copytree(report_dir, target, dirs_exist_ok=True)
+        if metrics is not None:
+            write_metrics(target, metrics)
+        if config is not None:
+            write_config(target, config)

@@ -9,6 +9,7 @@ import urllib.parse
 import pytest
 import requests
 
+from contract.manifest import MANIFEST_FILE
 from contract.storage import open_location
 from tests.conftest import REPO, run_cli
 
@@ -40,6 +41,9 @@ def test_no_credentials_in_the_tree_logs_reports_or_manifests(seaweed, published
             assert secret not in text, f"credential found in {where}"
     config = texts["assets.extra/report/config.json"]
     assert "secret" not in config.lower() and "AWS_" not in config
+    # Nor where the trainer keeps its signing key (issue 27), though the version is signed.
+    assert "signing_key" not in config and "model.sig" in texts[MANIFEST_FILE]
+    assert "predictions" not in texts["assets.extra/report/metrics.json"]
 
 
 def _outward_address() -> str | None:

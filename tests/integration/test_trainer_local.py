@@ -249,7 +249,12 @@ def test_version_folder_has_labels_warmup_report_and_a_true_manifest(cached_run,
     metrics = json.loads((report / "metrics.json").read_text())
     assert len(metrics["history"]["loss"]) == TINY["epochs"]
     assert set(metrics["validation"]["per_class"]) == set(result.images.classes)
-    predictions = metrics["validation"]["predictions"]
+    # Every serving pod holds the version: no image path, label or score of the dataset
+    # (issue 27); the report beside the run (--report-dir) has them.
+    assert "predictions" not in metrics["validation"] and metrics["skipped"] == 0
+    assert not [p for p in result.images.paths if p in (report / "metrics.json").read_text()]
+    full = json.loads((out / "report" / "metrics.json").read_text())
+    predictions = full["validation"]["predictions"]
     assert [p["path"] for p in predictions] == [result.images.paths[i]
                                                 for i in result.val_index]
     np.testing.assert_allclose([p["scores"] for p in predictions],
