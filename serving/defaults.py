@@ -12,4 +12,25 @@ LOAD_RETRY_INTERVAL_MICROS = 60_000_000  # TF Serving's --load_retry_interval_mi
 # serving local's addition to a NOT_FOUND answer (an HTTP header, a gRPC trailing metadata
 # key): the models it does serve. TF Serving has no way to list them; clients show the list
 # when it is there and say nothing more when it is not.
+# serving local's hint on a NOT_FOUND: the models it serves. Only to a client on this very
+# machine (TF Serving's answer has no such list; a remote client gets exactly TF Serving's).
 SERVED_MODELS_KEY = "x-served-models"
+
+
+def is_loopback(peer: str | None) -> bool:
+    """A REST remote address ("127.0.0.1", "::1") or a gRPC peer ("ipv4:127.0.0.1:5555",
+    "ipv6:[::1]:5555", "unix:...") on this machine."""
+    import ipaddress
+    from urllib.parse import unquote
+
+    if not peer:
+        return False
+    peer = unquote(peer)  # gRPC may send "ipv6:%5B::1%5D:5555"
+    if peer.startswith("unix:"):
+        return True
+    host = peer.split(":", 1)[1] if peer.startswith(("ipv4:", "ipv6:")) else peer
+    host = host.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else host
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%")[0]).is_loopback
+    except ValueError:
+        return False

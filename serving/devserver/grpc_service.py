@@ -21,7 +21,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving import defaults
-from serving.defaults import SERVED_MODELS_KEY
+from serving.defaults import SERVED_MODELS_KEY, is_loopback
 from serving.devserver.errors import (
     PortUnavailable,
     ServingError,
@@ -91,7 +91,8 @@ class _Call:
             self.metrics.request(self.model, self.api, "GRPC", status,
                                  time.perf_counter() - self.started)
         if isinstance(error, ServingError):
-            if error.code == grpc.StatusCode.NOT_FOUND and self.manager is not None:
+            if error.code == grpc.StatusCode.NOT_FOUND and self.manager is not None and \
+                    is_loopback(self.context.peer()):
                 self.context.set_trailing_metadata(
                     ((SERVED_MODELS_KEY, ",".join(self.manager.served_models())),))
             self.context.abort(error.code, error.grpc_details())  # raises

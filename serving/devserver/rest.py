@@ -21,7 +21,7 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from serving import defaults
-from serving.defaults import SERVED_MODELS_KEY
+from serving.defaults import SERVED_MODELS_KEY, is_loopback
 from serving.devserver import rest_json
 from serving.devserver.errors import ServingError, invalid_argument, unimplemented
 from serving.devserver.inference import Inference, ModelRef, classify_signature, predict_signature
@@ -106,7 +106,7 @@ class RestApi:
         except ServingError as e:
             self.metrics.request_count_only(model, e.code_name)
             response = self._error(e)
-            if e.code == grpc.StatusCode.NOT_FOUND:
+            if e.code == grpc.StatusCode.NOT_FOUND and is_loopback(request.remote):
                 response.headers[SERVED_MODELS_KEY] = ",".join(self.manager.served_models())
             return response
         except Exception as e:  # a bug: keep the server up, answer like TF Serving's INTERNAL

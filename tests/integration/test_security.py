@@ -68,6 +68,43 @@ def test_the_development_server_binds_loopback_by_default(server):
     assert requests.get(f"{server.rest_url}/v1/models/tiny", timeout=10).status_code == 200
 
 
+def test_a_remote_client_gets_tf_servings_not_found_without_the_served_models(
+        tiny_model, tmp_path):
+    """Issue 27: a NOT_FOUND listed every served model to anyone. serving local keeps that
+    hint for a client on the same machine; a remote one gets exactly TF Serving's answer."""
+    import grpc
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    from serving.defaults import SERVED_MODELS_KEY
+    from tools.model_server import LocalServer
+
+    address = _outward_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to reach the server by")
+    srv = LocalServer(["--model-name", "tiny", "--model-base-path", str(tiny_model.base_path),
+                       "--host", "0.0.0.0"], tmp_path / "server.log").start(
+        wait_for_model="tiny")
+    try:
+        answers = {}
+        for where, host in (("remote", address), ("local", "127.0.0.1")):
+            rest = requests.get(f"http://{host}:{srv.rest_port}/v1/models/nope", timeout=30)
+            assert rest.status_code == 404
+            assert rest.json() == {"error": "Could not find any versions of model nope"}
+            with grpc.insecure_channel(f"{host}:{srv.grpc_port}") as channel:
+                request = get_model_status_pb2.GetModelStatusRequest()
+                request.model_spec.name = "nope"
+                with pytest.raises(grpc.RpcError) as caught:
+                    model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+                        request, timeout=30)
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            trailers = dict(caught.value.trailing_metadata() or ())
+            answers[where] = (rest.headers.get(SERVED_MODELS_KEY),
+                              trailers.get(SERVED_MODELS_KEY))
+        assert answers == {"remote": (None, None), "local": ("tiny", "tiny")}
+    finally:
+        assert srv.stop() == 0
+
+
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "..", ".",
                                   "tiny/../tiny", "%2e%2e", "tiny%00", "~root"])
 def test_model_names_from_requests_never_reach_the_filesystem(server, name):
