@@ -59,6 +59,12 @@ _BROKEN = object()  # the store's labels object was refused
 # server's --model_config_file_poll_wait_seconds (10 s in k8s/ and compose).
 CONFIG_GRACE_S = 60.0
 BACKOFF_MAX_S = 300  # outage backoff stops growing at five minutes
+# Version folders that did not install (no manifest yet, or rejected) are listed again on
+# each sync while there are at most this many; beyond, only this many a sync: those that
+# failed fewest times first, then those looked at longest ago (a trainer's upload seen
+# half-way is looked at again before old junk). Folders never seen are always looked at.
+# 1,000 junk folders cost 1,000 listings once, then 32 a sync, not 1,000 every sync.
+MAX_RECHECKS_PER_SYNC = 32
 WAIT_LOG_EVERY_S = 60  # --wait-timeout: one "still waiting" line a minute
 
 
@@ -108,6 +114,9 @@ class Puller:
         self._unservable: dict[str, int] = {}  # label -> version not installable (logged)
         self.config_grace = CONFIG_GRACE_S
         self._dropped: dict[int, float] = {}  # version -> when it left the server's config
+        self._failed: dict[int, tuple[int, int]] = {}  # version -> (failures, at which sync)
+        self._syncs = 0
+        self._rechecks: set[int] | None = None  # this sync's, when they are bounded
 
     def _check_dest(self) -> None:
         """--dest is the model's own folder (TF Serving's base path), not a version folder
@@ -165,6 +174,7 @@ class Puller:
         result = SyncResult()
         local = set(self.local_versions())
         remote = self.remote_versions()
+        self._plan_rechecks(remote, local)
         labels = self._store_labels()
         if labels is _BROKEN:  # refused, logged: the server keeps what it was given
             result.local = self.local_versions()
@@ -173,7 +183,7 @@ class Puller:
             targets = set(labels.pinned())
             if self.serve_newest:
                 for version in remote:  # the newest that verifies
-                    if version in local or self._try_install(version, result):
+                    if version in local or self._try_install(version, result, scan=True):
                         targets.add(version)
                         break
             ready = {v for v in sorted(targets, reverse=True)
@@ -195,18 +205,43 @@ class Puller:
             for version in remote:
                 if len(wanted) >= self.keep:
                     break
-                if version in local or self._try_install(version, result):
+                if version in local or self._try_install(version, result, scan=True):
                     wanted.append(version)
             self._write_config(Served(None, {}), self._written())
             result.removed = self.prune()
         result.local = self.local_versions()
         return result
 
-    def _try_install(self, version: int, result: SyncResult) -> bool:
+    def _plan_rechecks(self, remote: list[int], local: set[int]) -> None:
+        """Which folders that failed before this sync looks at again (MAX_RECHECKS_PER_SYNC)."""
+        self._syncs += 1
+        present = set(remote)
+        self._failed = {v: f for v, f in self._failed.items() if v in present}
+        self._rejected = {v: r for v, r in self._rejected.items() if v in present}
+        failed = [v for v in remote if v in self._failed and v not in local]
+        self._rechecks = None if len(failed) <= MAX_RECHECKS_PER_SYNC else set(
+            sorted(failed, key=lambda v: (*self._failed[v], -v))[:MAX_RECHECKS_PER_SYNC])
+
+    def _try_install(self, version: int, result: SyncResult, scan: bool = False) -> bool:
         """Install one version if it is published and verifies; False (logged, remembered
-        with the store's state of it) if not."""
+        with the store's state of it) if not. `scan`: a folder the sync goes through newest
+        first, skipped when it failed before and is not among this sync's rechecks; a
+        labelled version is always looked at."""
         if self.in_place:  # complete versions are already local; the others are not ready
             return False
+        if scan and self._rechecks is not None and version in self._failed and \
+                version not in self._rechecks:
+            if version in self._rejected:
+                result.rejected[version] = self._rejected[version][1]
+            return False
+        if self._examine(version, result):
+            self._failed.pop(version, None)
+            return True
+        self._failed[version] = (self._failed.get(version, (0, 0))[0] + 1, self._syncs)
+        return False
+
+    def _examine(self, version: int, result: SyncResult) -> bool:
+        """List the version's folder; install it if it is published and verifies."""
         listing = self.source.child(str(version)).list_files()
         stored = {e.path: e for e in listing}
         if MANIFEST_FILE not in stored:

@@ -467,3 +467,46 @@ def test_an_object_swapped_for_a_bigger_one_after_listing_is_cut_off_at_its_size
     assert "has more than the 300000 bytes it was listed with (changed while it was " \
            "downloaded)" in result.rejected[1], result.rejected
     assert peak and peak[0] < big // 4, peak  # cut off early, not written whole
+
+
+def test_junk_version_folders_cost_a_bounded_number_of_listings_per_sync(
+        tmp_path, models_uri, monkeypatch):
+    """Issue 27: every sync listed every numbered folder newer than the served one, so 1,000
+    junk folders cost 2.1 s a sync. Now each is listed once, then at most
+    MAX_RECHECKS_PER_SYNC of them a sync, and a real version still gets through."""
+    from serving.puller import MAX_RECHECKS_PER_SYNC
+
+    publish_fake(tmp_path, models_uri, "m", 1)
+    junk = range(1000, 1100)  # above anything the trainer will publish in this test
+    for v in junk:
+        open_location(f"{models_uri}/m/{v}").write_bytes("x", b"junk")
+    listed = []
+    real_list = S3Location.list_files
+    monkeypatch.setattr(S3Location, "list_files",
+                        lambda self: listed.append(self.uri.rsplit("/", 1)[1]) or
+                        real_list(self))
+    puller = Puller(f"{models_uri}/m", tmp_path / "serve" / "m", keep=2, quiet=True)
+
+    def sync() -> tuple[list, set]:
+        listed.clear()
+        result = puller.sync_once()
+        return result.local, {int(v) for v in listed if v.isdigit()}
+
+    local, seen = sync()
+    assert local == [1] and set(junk) <= seen  # every folder looked at once
+    local, seen = sync()
+    assert local == [1] and len(seen & set(junk)) == MAX_RECHECKS_PER_SYNC
+    # A new version is looked at at once, junk or not.
+    publish_fake(tmp_path, models_uri, "m", 500)
+    local, seen = sync()
+    assert local == [1, 500] and 500 in seen
+    # A version seen half-uploaded (no manifest yet) is looked at again before old junk.
+    folder, files, manifest = make_version(tmp_path, "m", 600)
+    remote = open_location(f"{models_uri}/m/600")
+    for f in files:
+        remote.upload_file(f.path, folder / f.path, None)
+    local, seen = sync()
+    assert local == [1, 500] and 600 in seen
+    remote.write_bytes(MANIFEST_FILE, (json.dumps(manifest) + "\n").encode())
+    local, seen = sync()
+    assert local == [500, 600] and len(seen & set(junk)) < MAX_RECHECKS_PER_SYNC

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contract.manifest import MANIFEST_FILE, build_manifest, list_version_files
+from contract.manifest import MANIFEST_FILE, build_manifest, identity_bytes, list_version_files
+from contract.names import IDENTITY_FILE
 from contract.storage import S3Location, open_location, s3_client
 from serving.client import ClientError, GrpcClient, RestClient
 from serving.puller import Puller
@@ -41,6 +42,10 @@ def stage_version(source: Path, target: Path) -> Path:
 
 def publish_tiny(tiny_model, tmp: Path, models_uri: str, version: int) -> None:
     folder = stage_version(tiny_model.version_dir, tmp / f"stage-{version}-{uuid.uuid4().hex}")
+    # What this copy is: another version of tiny (the puller refuses a copy whose identity
+    # says otherwise). A new file, not the hard link's shared one.
+    (folder / IDENTITY_FILE).unlink()
+    (folder / IDENTITY_FILE).write_bytes(identity_bytes("tiny", version, tiny_model.classes))
     files = list_version_files(folder)
     manifest = build_manifest(model_name="tiny", version=version,
                               classes=tiny_model.classes, base_model={}, input_spec={},

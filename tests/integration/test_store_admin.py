@@ -100,7 +100,7 @@ def test_only_versions_that_verify_can_be_labelled(models, signing_keys):
     proc = serving("label", "set", "--source", f"{models}/m", "--verify-key",
                    str(signing_keys["public"]), "stable=3")
     assert proc.returncode == 2
-    assert "version 3 of m: unsigned (no model.sig)" in one_error(proc)
+    assert "version 3 of m: signature: unsigned (no model.sig)" in one_error(proc)
     assert not open_location(f"{models}/m").exists(LABELS_OBJECT)
 
 
