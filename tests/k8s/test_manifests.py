@@ -607,3 +607,37 @@ def test_serving_reads_the_store_with_its_own_read_only_credentials(gpu, local):
     [container] = store["spec"]["template"]["spec"]["containers"]
     assert "-s3.config=/etc/seaweedfs/s3.json" in container["args"]
     assert "AWS_SECRET_ACCESS_KEY" not in str(container.get("env", []))
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    """A LabelSelector (matchLabels, matchExpressions with In/NotIn/Exists) against labels."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        value = labels.get(e["key"])
+        if (e["operator"] == "In" and value not in e["values"]) or \
+                (e["operator"] == "NotIn" and value in e["values"]) or \
+                (e["operator"] == "Exists" and e["key"] not in labels):
+            return False
+    return True
+
+
+def test_the_namespace_denies_by_default_and_every_pod_has_the_traffic_it_needs(docs):
+    """Issue 27: no default deny, so a pod without a policy of its own talked to anything.
+    Now every pod is selected by default-deny, and each workload by a policy that gives it
+    DNS; a labelled client pod in the namespace may reach the model server's ports."""
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    deny = one(docs, "NetworkPolicy", "default-deny")["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    for workload, _ in pod_specs(docs):
+        labels = pod_template(workload)["metadata"]["labels"]
+        mine = [p for p in policies if _selects(p["spec"]["podSelector"], labels)]
+        dns = {port["port"] for p in mine for rule in p["spec"].get("egress", [])
+               for port in rule.get("ports", [])}
+        assert 53 in dns, f"{workload['kind']}/{workload['metadata']['name']} gets no DNS"
+    client = {"vgg16-transfer/model-client": "true"}
+    [rule] = [r for p in policies if _selects(p["spec"]["podSelector"], client)
+              for r in p["spec"].get("egress", []) if r.get("to")]
+    assert sorted(p["port"] for p in rule["ports"]) == [8500, 8501]
+    assert rule["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name":
+                                                           "serving"}}}]
