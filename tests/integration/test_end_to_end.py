@@ -17,8 +17,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,15 +34,19 @@ pytestmark = [pytest.mark.s3, pytest.mark.slow, pytest.mark.vgg16]
 
 
 def train(published: dict, version: int, *base: str) -> dict:
-    """Publish `version` (VGG16 unless `base` says otherwise); returns its report."""
+    """Publish `version` (VGG16 unless `base` says otherwise); returns its report, the full
+    one from --report-dir (the version's own names no image: no per-image predictions)."""
     # float32: served scores are compared with the report's to 1e-5, which holds when the
     # feature pass has the exported graph's arithmetic.
+    report = Path(tempfile.mkdtemp(prefix="e2e-report-"))
     run_cli("trainer", "train", "--data", published["data"], "--output", published["models"],
             "--model-name", "demo", *(base or ("--weights", "none")), "--cache",
             published["cache"], "--precision", "float32", "--version", str(version),
-            "--quiet", check=True)
-    return json.loads(open_location(published["models"]).read_bytes(
+            "--report-dir", str(report), "--quiet", check=True)
+    shipped = json.loads(open_location(published["models"]).read_bytes(
         f"demo/{version}/assets.extra/report/metrics.json"))
+    assert "predictions" not in shipped["validation"]
+    return json.loads((report / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -302,7 +302,8 @@ def test_a_poisoned_feature_cache_is_caught_before_publishing(train, tmp_path):
     for item in val:
         [other_class] = [c for c in others if c != item["true"]]
         entry(item["path"]).write_bytes(entry(others[other_class][0]).read_bytes())
-    second = train(*args, "--version", "2", "--cache-check", "0")  # the cross-check alone
+    second = train(*args, "--version", "2", "--cache-check", "0",  # the cross-check alone
+                   "--cache-check-fraction", "0")
     assert second.exit_code == 4, second.output
     line = error_line(second)
     assert f"the cached features of {len(val)} of {len(val)} validation images are not " \
