@@ -98,6 +98,8 @@ def _flag(name: str, *more: str, **kw):
             "--mixed_precision=bfloat16. Worth it on CPUs with AVX512-BF16 or AMX.")
 @_flag("enable_grpc_healthcheck_service", boolean=True, default=True,
        help="The grpc.health.v1 service (on by default here; off by default in TF Serving).")
+@_flag("grpc_socket_path", default="", envvar="GRPC_SOCKET_PATH",
+       help="Also serve gRPC on this Unix socket, as TF Serving does (none by default).")
 @_flag("max_request_bytes", type=int, default=defaults.MAX_REQUEST_BYTES,
        envvar="MAX_REQUEST_BYTES", help="Largest REST request body accepted (413 above).")
 @click.option("--verbose", is_flag=True,
@@ -116,6 +118,16 @@ def local(ctx, verbose, **kwargs) -> None:
         if not arg.startswith("--") or flag not in TF_SERVING_FLAGS:
             raise click.UsageError(f"unknown option {arg!r} (neither this server's nor "
                                    "tensorflow_model_server's)")
+        if flag == "version":  # tensorflow_model_server --version
+            import importlib.metadata
+
+            click.echo("TensorFlow ModelServer: serving local (the TF Serving 2.20 API)\n"
+                       f"TensorFlow Library: {importlib.metadata.version('tensorflow')}")
+            sys.exit(0)
+        if flag == "prefer_tflite_model" and arg.partition("=")[2].lower() in ("", "true",
+                                                                               "1"):
+            raise click.UsageError("--prefer_tflite_model: serving local runs SavedModels "
+                                   "only, not TensorFlow Lite models; leave the flag out")
         ignored.append(arg)
     if not kwargs["model_base_path"] and os.environ.get("MODEL_BASE_PATH"):
         # The tensorflow/serving image's convention: the model is $MODEL_BASE_PATH/$MODEL_NAME.
@@ -168,7 +180,7 @@ def local(ctx, verbose, **kwargs) -> None:
             "%s: a tensorflow_model_server flag the development server ignores", arg)
     try:
         code = serve(ServerOptions(**kwargs))
-    except (ConfigError, PortUnavailable) as e:
+    except (ConfigError, OSError) as e:  # PortUnavailable, an unusable socket path
         _fail_line(str(e), EXIT_BAD_INPUT)
     except ServingError as e:  # a label on a version not loaded, say
         _fail_line(f"Failed to start server. Error: {e.code_name}: {e.message}",

@@ -90,7 +90,10 @@ def _parse(path: str | Path, message_class, what: str):
     try:
         return text_format.Parse(text, message_class())
     except text_format.ParseError as e:
-        raise ConfigError(f"{what} {path}: {e}") from e
+        # TF Serving's line for the same file (protobuf's TextFormat parser, through
+        # ParseProtoTextFile in model_servers/server.cc), then where it is.
+        raise ConfigError(f"Error parsing text-format {message_class.DESCRIPTOR.full_name}: "
+                          f"{e} ({what} {path})") from e
 
 
 # Where the file is silent, TF Serving's defaults (SharedBatchScheduler::QueueOptions;

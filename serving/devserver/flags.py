@@ -17,4 +17,6 @@ TF_SERVING_FLAGS = frozenset({
     "ssl_config_file", "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
     "tensorflow_inter_op_parallelism", "per_process_gpu_memory_fraction",
     "platform_config_file", "enable_profiler", "xla_cpu_compilation_enabled", "mixed_precision",
+    "prefer_tflite_model", "skip_initialize_tpu", "thread_pool_factory_config_file",
+    "use_alts_credentials", "version",
 })

@@ -15,9 +15,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
+    inference_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
 from serving import defaults
@@ -33,6 +35,7 @@ from serving.devserver.inference import (
     ModelRef,
     classify_signature,
     predict_signature,
+    regress_signature,
     serialized_examples,
     tensor_proto_to_ndarray,
 )
@@ -152,13 +155,50 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             return response
 
     def Regress(self, request, context):
-        with _Call(self.metrics, context, "Regress", request):
-            raise unimplemented("Regress is not implemented by the development server (no "
-                                "regression signatures in this project's models)")
+        with _Call(self.metrics, context, "Regress", request, self.manager):
+            servable = self.manager.lookup(_ref(request))
+            signature = regress_signature(servable, request.model_spec.signature_name)
+            values = self.inference.regress(servable, signature,
+                                            serialized_examples(request.input),
+                                            timeout=context.time_remaining())
+            response = regression_pb2.RegressionResponse()
+            _fill_spec(response, servable, signature.name)
+            for value in values:
+                response.result.regressions.add(value=value)
+            return response
 
     def MultiInference(self, request, context):
-        with _Call(self.metrics, context, None, request):
-            raise unimplemented("MultiInference is not implemented by the development server")
+        """Every task on the one model the first task names (multi_inference_helper.cc,
+        multi_inference.cc)."""
+        with _Call(self.metrics, context, "MultiInference", request, self.manager):
+            for task in request.tasks:
+                if not task.model_spec.name:
+                    raise invalid_argument("Found ModelSpec with an empty model name.")
+            names = {task.model_spec.name for task in request.tasks}
+            if len(names) > 1:
+                raise invalid_argument("All ModelSpecs in a MultiInferenceRequest must access "
+                                       "the same model name.")
+            if not request.tasks:  # GetModelSpecFromRequest: an empty ModelSpec
+                raise invalid_argument("ModelSpec has no name specified.")
+            servable = self.manager.lookup(_ref(request.tasks[0]))
+            results = self.inference.multi_inference(
+                servable, [(t.method_name, t.model_spec.signature_name) for t in request.tasks],
+                serialized_examples(request.input), timeout=context.time_remaining())
+            response = inference_pb2.MultiInferenceResponse()
+            for task, (kind, values) in zip(request.tasks, results, strict=True):
+                result = response.results.add()
+                result.model_spec.name = servable.model_name
+                result.model_spec.version.value = servable.version
+                result.model_spec.signature_name = task.model_spec.signature_name
+                if kind == "classify":
+                    for classes in values:
+                        entry = result.classification_result.classifications.add()
+                        for label, score in classes:
+                            entry.classes.add(label=label, score=score)
+                else:
+                    for value in values:
+                        result.regression_result.regressions.add(value=value)
+            return response
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
@@ -183,7 +223,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 def build_server(manager: ModelManager, inference: Inference, metrics: Metrics, host: str,
                  port: int, threads: int, with_health: bool = True,
-                 max_message_bytes: int = defaults.MAX_REQUEST_BYTES
+                 max_message_bytes: int = defaults.MAX_REQUEST_BYTES, socket_path: str = ""
                  ) -> tuple[grpc.Server, health.HealthServicer | None, int]:
     server = grpc.server(ThreadPoolExecutor(threads, thread_name_prefix="grpc"), options=[
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -206,4 +246,12 @@ def build_server(manager: ModelManager, inference: Inference, metrics: Metrics, 
         raise PortUnavailable("gRPC", host, port) from e
     if bound == 0:
         raise PortUnavailable("gRPC", host, port)
+    if socket_path:  # main.cc: AddListeningPort("unix:" + grpc_socket_path, ...)
+        try:
+            listening = server.add_insecure_port(f"unix:{socket_path}")
+        except RuntimeError:
+            listening = 0
+        if listening == 0:
+            raise OSError(f"cannot listen on the gRPC socket {socket_path} (--grpc-socket-path)"
+                          ": its folder must exist and be writable")
     return server, health_servicer, bound

@@ -1,4 +1,5 @@
-"""Predict and Classify with TF Serving's checks and messages, whatever the transport.
+"""Predict, Classify, Regress and MultiInference with TF Serving's checks and messages,
+whatever the transport.
 
 REST, gRPC and warmup replay all come through here, so a request is validated the same way
 however it arrives. Batching, when enabled, sits between this and the model.
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
 
 from contract.names import CLASSIFY_INPUT, SERVING_DEFAULT, WARMUP_FILE
 from serving.devserver.errors import (
@@ -82,15 +84,85 @@ def classify_signature(servable: Servable, name: str) -> Signature:
     signature = servable.signature(name)
     if signature is None:
         raise invalid_argument(f"No signature was found with the name: {name}")
+    _classify_names(signature)
+    return signature
+
+
+REGRESS_INPUT, REGRESS_OUTPUT = "inputs", "outputs"  # kRegressInputs, kRegressOutputs
+CLASSIFY_METHOD = "tensorflow/serving/classify"  # kClassifyMethodName
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+
+def regress_signature(servable: Servable, name: str) -> Signature:
+    """TF Serving's checks for a signature used with the Regress API (regressor.cc,
+    GetRegressionSignatureDef and PreProcessRegression, without the method-name check,
+    which --enable_signature_method_name_check turns on and is off by default)."""
+    name = name or SERVING_DEFAULT
+    signature = servable.signature(name)
+    if signature is None:
+        raise invalid_argument(f"No signature was found with the name: {name}")
+    _regress_names(signature)
+    return signature
+
+
+def _regress_names(signature: Signature) -> None:
     definition = text_format.MessageToString(signature.definition)
     if len(signature.inputs) != 1:
         raise invalid_argument("Expected one input Tensor.")
+    if len(signature.outputs) != 1:
+        raise invalid_argument("Expected one output Tensor.")
+    if REGRESS_INPUT not in signature.inputs:
+        raise invalid_argument(f"No regression inputs found in SignatureDef: {definition}")
+    if REGRESS_OUTPUT not in signature.outputs:
+        raise invalid_argument(f"No regression outputs found in SignatureDef: {definition}")
+
+
+def _classify_names(signature: Signature) -> None:
+    """PreProcessClassification (classifier.cc): one input, named `inputs`; one or two
+    outputs, `classes` and/or `scores`."""
+    definition = text_format.MessageToString(signature.definition)
+    if len(signature.inputs) != 1:
+        raise invalid_argument("Expected one input Tensor.")
+    if len(signature.outputs) not in (1, 2):
+        raise invalid_argument(f"Expected one or two output Tensors, found "
+                               f"{len(signature.outputs)}")
     if CLASSIFY_INPUT not in signature.inputs:
         raise invalid_argument(f"No classification inputs found in SignatureDef: {definition}")
     if "classes" not in signature.outputs and "scores" not in signature.outputs:
         raise invalid_argument('Expected classification signature outputs to contain at least '
                                f'one of "classes" or "scores". Signature was: {definition}')
-    return signature
+
+
+def regression_values(value: np.ndarray, batch: int) -> list[float]:
+    """PostProcessRegressionResult (regressor.cc): [batch] or [batch, 1] floats."""
+    if not (value.ndim == 1 or (value.ndim == 2 and value.shape[1] == 1)):
+        raise invalid_argument("Expected output Tensor shape to be either [batch_size] or "
+                               f"[batch_size, 1] but got [{','.join(map(str, value.shape))}]")
+    if value.shape[0] != batch:
+        raise invalid_argument(f"Input batch size did not match output batch size: {batch} "
+                               f"vs. {value.shape[0]}")
+    if value.dtype != np.float32:
+        name = "DT_STRING" if value.dtype == object else \
+            types_pb2.DataType.Name(_dtype_enum(value))
+        raise invalid_argument(f"Expected output Tensor of DT_FLOAT.  Got: {name}")
+    return [float(v) for v in value.reshape(-1)]
+
+
+def _dtype_enum(value: np.ndarray) -> int:
+    import tensorflow as tf
+
+    return tf.dtypes.as_dtype(value.dtype).as_datatype_enum
+
+
+def classification_results(outputs: dict[str, np.ndarray], batch: int
+                           ) -> list[list[tuple[str, float]]]:
+    """PostProcessClassificationResult (classifier.cc): per example, (label, score)s."""
+    check_classify_outputs(outputs, batch)
+    classes, scores = outputs.get("classes"), outputs.get("scores")
+    n_classes = (classes if classes is not None else scores).shape[1]
+    return [[(classes[i, c].decode("utf-8", "replace") if classes is not None else "",
+              float(scores[i, c]) if scores is not None else 0.0)
+             for c in range(n_classes)] for i in range(batch)]
 
 
 def check_classify_outputs(outputs: dict[str, np.ndarray], batch: int) -> None:
@@ -137,23 +209,72 @@ class Inference:
         check_predict_inputs(signature, inputs, output_filter)
         return self._run(servable, signature, inputs, output_filter or None, timeout)
 
-    def classify(self, servable: Servable, signature: Signature, examples: list[bytes],
-                 timeout: float | None = None) -> list[list[tuple[str, float]]]:
-        """Serialized tf.Examples in; per example a list of (label, score)."""
+    @staticmethod
+    def _examples(examples: list[bytes]) -> np.ndarray:
         if not examples:
             raise invalid_argument("Input is empty.")
         tensor = np.empty(len(examples), dtype=object)
         tensor[:] = examples
+        return tensor
+
+    def classify(self, servable: Servable, signature: Signature, examples: list[bytes],
+                 timeout: float | None = None) -> list[list[tuple[str, float]]]:
+        """Serialized tf.Examples in; per example a list of (label, score)."""
+        tensor = self._examples(examples)
         outputs = self._run(servable, signature, {CLASSIFY_INPUT: tensor}, timeout=timeout)
-        check_classify_outputs(outputs, len(examples))
-        classes, scores = outputs.get("classes"), outputs.get("scores")
-        n_classes = (classes if classes is not None else scores).shape[1]
+        return classification_results(outputs, len(examples))
+
+    def regress(self, servable: Servable, signature: Signature, examples: list[bytes],
+                timeout: float | None = None) -> list[float]:
+        """Serialized tf.Examples in; one value per example (regressor.cc)."""
+        tensor = self._examples(examples)
+        outputs = self._run(servable, signature, {REGRESS_INPUT: tensor}, timeout=timeout)
+        return regression_values(outputs[REGRESS_OUTPUT], len(examples))
+
+    def multi_inference(self, servable: Servable, tasks: list[tuple[str, str]],
+                        examples: list[bytes], timeout: float | None = None) -> list:
+        """TensorFlowMultiInferenceRunner::Infer (multi_inference.cc): classify and regress
+        tasks (method name, signature name) over the same Examples in one run; per task
+        ("classify", results) or ("regress", values)."""
+        signatures, seen, feeds, fetches = [], set(), set(), set()
+        for method, name in tasks:
+            name = name or SERVING_DEFAULT
+            if name in seen:
+                raise invalid_argument(f"Duplicate evaluation of signature: {name}")
+            seen.add(name)
+            signature = servable.signature(name)
+            if signature is None:
+                raise invalid_argument(f"Requested signature not found in model graph: {name}")
+            if method == CLASSIFY_METHOD:
+                _classify_names(signature)
+            elif method == REGRESS_METHOD:
+                _regress_names(signature)
+            else:
+                raise unimplemented(f"Unsupported signature method_name: {method}")
+            signatures.append((method, signature))
+            feeds |= {info.name for info in signature.inputs.values()}
+            fetches |= {info.name for info in signature.outputs.values()}
+        tensor = self._examples(examples)
+        # One run feeding the Examples to every input tensor the tasks name, fetching every
+        # output they name: a signature of its own (and so a batching queue of its own, as
+        # BatchingSession keys queues by tensor names).
+        combined = meta_graph_pb2.SignatureDef()
+        for i, name in enumerate(sorted(feeds)):
+            combined.inputs[f"input{i}"].name = name
+        for name in sorted(fetches):
+            combined.outputs[name].name = name
+        run = Signature("multi:" + ",".join(sorted(feeds)) + "->" + ",".join(sorted(fetches)),
+                        combined)
+        outputs = self._run(servable, run, {alias: tensor for alias in combined.inputs},
+                            timeout=timeout)
         results = []
-        for i in range(len(examples)):
-            results.append([
-                (classes[i, c].decode("utf-8", "replace") if classes is not None else "",
-                 float(scores[i, c]) if scores is not None else 0.0)
-                for c in range(n_classes)])
+        for method, signature in signatures:
+            mine = {alias: outputs[info.name] for alias, info in signature.outputs.items()}
+            if method == CLASSIFY_METHOD:
+                results.append(("classify", classification_results(mine, len(examples))))
+            else:
+                results.append(("regress", regression_values(mine[REGRESS_OUTPUT],
+                                                             len(examples))))
         return results
 
 

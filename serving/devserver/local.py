@@ -52,6 +52,7 @@ class ServerOptions:
     tensorflow_inter_op_parallelism: int = 0
     enable_grpc_healthcheck_service: bool = True
     mixed_precision: str = ""
+    grpc_socket_path: str = ""
     max_request_bytes: int = defaults.MAX_REQUEST_BYTES
 
 
@@ -74,8 +75,7 @@ def serve(options: ServerOptions) -> int:
     batching = cfg.load_batching(options.batching_parameters_file, os.cpu_count() or 1) \
         if options.enable_batching else None
 
-    _size_thread_pools(options)
-    _set_mixed_precision(options.mixed_precision)
+    _session_options(options)
     metrics = Metrics(known_models={c.name for c in configs})
     warmup_inference = Inference()  # warmup runs each record directly on the new version
     manager = ModelManager(configs, options.file_system_poll_wait_seconds,
@@ -98,9 +98,11 @@ def serve(options: ServerOptions) -> int:
     grpc_server, health, grpc_port = build_server(
         manager, inference, metrics, options.host, options.port, threads,
         with_health=options.enable_grpc_healthcheck_service,
-        max_message_bytes=options.max_request_bytes)
+        max_message_bytes=options.max_request_bytes, socket_path=options.grpc_socket_path)
     grpc_server.start()
     log.info("Running gRPC ModelServer at %s:%d ...", options.host, grpc_port)
+    if options.grpc_socket_path:
+        log.info("Running gRPC ModelServer at UNIX socket %s ...", options.grpc_socket_path)
 
     rest = None
     if options.rest_api_port and options.rest_api_port != options.port:
@@ -164,36 +166,25 @@ def _initial_load(manager: ModelManager) -> bool:
             signal.signal(sig, handler)
 
 
-def _size_thread_pools(options: ServerOptions) -> None:
-    """--tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism, as TF Serving's
-    session options (0: TensorFlow's default). Set before anything runs."""
+def _session_options(options: ServerOptions) -> None:
+    """Every model's session options, as TF Serving builds them (main.cc,
+    saved_model_bundle_factory.cc): --tensorflow_intra_op_parallelism and
+    --tensorflow_inter_op_parallelism (0: TensorFlow's defaults), and --mixed_precision:
+    "bfloat16" turns on grappler's auto_mixed_precision_onednn_bfloat16 rewrite; any other
+    non-empty value is a warning and float32. Set before any model loads."""
+    from serving.devserver import servable
+
     intra = options.tensorflow_intra_op_parallelism
     inter = options.tensorflow_inter_op_parallelism
     if intra or inter:
-        import tensorflow as tf
-
-        if intra:
-            tf.config.threading.set_intra_op_parallelism_threads(intra)
-        if inter:
-            tf.config.threading.set_inter_op_parallelism_threads(inter)
         log.info("TensorFlow thread pools: intra-op %s, inter-op %s", intra or "default",
                  inter or "default")
-
-
-def _set_mixed_precision(mode: str) -> None:
-    """--mixed_precision, as TF Serving 2.20 reads it (servables/tensorflow/
-    saved_model_bundle_factory.cc): "bfloat16" turns on grappler's
-    auto_mixed_precision_onednn_bfloat16 rewrite for every model the server runs; any other
-    non-empty value is a warning and float32."""
-    if not mode:
-        return
-    if mode != "bfloat16":
+    mode = options.mixed_precision
+    if mode and mode != "bfloat16":
         log.warning("%s auto mixed precision is not supported. Valid option: bfloat16", mode)
-        return
-    import tensorflow as tf
-
-    tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
-    log.info("Running inference with bfloat16 auto mixed precision")
+    elif mode:
+        log.info("Running inference with bfloat16 auto mixed precision")
+    servable.SESSION_OPTIONS = servable.SessionOptions(intra, inter, mode == "bfloat16")
 
 
 async def _run_rest(rest: RestApi | None, host: str, port: int, on_stop) -> None:

@@ -64,6 +64,8 @@ class ManagedModel:
         self.records: dict[int, VersionRecord] = {}
         self.failed_on_disk: set[int] = set()  # failed loads not retried while they stay
         self.base_path_missing_logged = False
+        self.paths: dict[int, str] = {}  # version -> its folder's name under base_path
+        self.duplicates: set[tuple[int, str]] = set()
 
     def versions_on_disk(self) -> list[int] | None:
         try:
@@ -73,8 +75,25 @@ class ManagedModel:
         except OSError as e:
             log.warning("cannot list %s: %s", self.base_path, e)
             return None
-        return sorted({int(n) for n in names if _VERSION_DIR.match(n)
-                       and (self.base_path / n).is_dir()})
+        # Each version keeps its own folder name: "00000123" is version 123, loaded from
+        # there (file_system_storage_path_source.cc, IndexChildrenByVersion, which also
+        # warns when two names give one version and keeps one of them).
+        paths: dict[int, str] = {}
+        for name in sorted(names):
+            if not _VERSION_DIR.match(name) or not (self.base_path / name).is_dir():
+                continue
+            version = int(name)
+            if version in paths and (version, name) not in self.duplicates:
+                self.duplicates.add((version, name))  # said once, not on every poll
+                log.warning("Duplicate version directories detected. Version %d will be "
+                            "loaded from %s, %s will be ignored.", version, name,
+                            paths[version])
+            paths[version] = name
+        self.paths = paths
+        return sorted(paths)
+
+    def version_path(self, version: int) -> Path:
+        return self.base_path / self.paths.get(version, str(version))
 
     def aspired(self, on_disk: list[int]) -> list[int]:
         policy = self.config.model_version_policy
@@ -207,7 +226,7 @@ class ModelManager:
         started = time.perf_counter()
         for attempt in range(self.max_load_retries + 1):
             try:
-                servable = load_servable(model.name, version, model.base_path / str(version))
+                servable = load_servable(model.name, version, model.version_path(version))
                 warmed = self.warmup(servable) if self.warmup else 0
                 break
             except ServingError as e:

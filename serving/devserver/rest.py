@@ -23,8 +23,14 @@ from google.protobuf import json_format
 from serving import defaults
 from serving.defaults import SERVED_MODELS_KEY, is_loopback
 from serving.devserver import rest_json
-from serving.devserver.errors import ServingError, invalid_argument, unimplemented
-from serving.devserver.inference import Inference, ModelRef, classify_signature, predict_signature
+from serving.devserver.errors import ServingError, invalid_argument
+from serving.devserver.inference import (
+    Inference,
+    ModelRef,
+    classify_signature,
+    predict_signature,
+    regress_signature,
+)
 from serving.devserver.manager import ModelManager
 from serving.devserver.metrics import Metrics
 from serving.devserver.status import status_response
@@ -129,9 +135,8 @@ class RestApi:
         malformed = invalid_argument(f"Malformed request: {method} {path}")
         if method == "POST" and (m := _POST.fullmatch(path)):
             name, version, label, verb = m.groups()
-            if verb == "regress":
-                raise unimplemented("Regress is not implemented by the development server")
-            call = {"predict": self._predict, "classify": self._classify}.get(verb)
+            call = {"predict": self._predict, "classify": self._classify,
+                    "regress": self._regress}.get(verb)
             if call is None:
                 raise malformed
             return call, self._ref(name, version, label), verb
@@ -181,6 +186,15 @@ class RestApi:
         signature = classify_signature(servable, signature_name)
         return rest_json.classify_response(
             self.inference.classify(servable, signature, examples, timeout=self.timeout))
+
+    def _regress(self, ref: ModelRef, body: bytes) -> str:
+        doc = rest_json.parse_json(body)
+        signature_name = rest_json.signature_name(doc)
+        examples = _converted(lambda: rest_json.classify_examples(doc))  # the same request
+        servable = self.manager.lookup(ref)
+        signature = regress_signature(servable, signature_name)
+        return rest_json.regress_response(
+            self.inference.regress(servable, signature, examples, timeout=self.timeout))
 
     def _status(self, ref: ModelRef, _body: bytes = b"") -> str:
         # A label is not resolved for status: all versions are returned (TF Serving does so).

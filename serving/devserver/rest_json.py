@@ -648,3 +648,10 @@ def classify_response(results: list[list[tuple[str, float]]]) -> str:
         raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
     body = [[[label, Float32(score)] for label, score in classes] for classes in results]
     return dumps({"results": body}) + "\n"
+
+
+def regress_response(values: list[float]) -> str:
+    """MakeJsonFromRegressionResult(): {"results": [value, ...]}."""
+    if not values:
+        raise invalid_argument("Cannot convert empty RegressionResults to JSON")
+    return dumps({"results": [Float32(v) for v in values]}) + "\n"

@@ -38,7 +38,6 @@ def dtype_name(dtype: int) -> str:
 class Signature:
     name: str
     definition: meta_graph_pb2.SignatureDef
-    function: object  # a ConcreteFunction
 
     @property
     def inputs(self):
@@ -49,12 +48,6 @@ class Signature:
         return self.definition.outputs
 
 
-def _shape(info) -> list[int] | None:
-    if info.tensor_shape.unknown_rank:
-        return None
-    return [d.size for d in info.tensor_shape.dim]
-
-
 def value_dtype_name(value: np.ndarray) -> str:
     """TensorFlow's name (DataTypeString) for a request tensor's dtype."""
     if value.dtype == object or value.dtype.kind in "SU":
@@ -62,34 +55,47 @@ def value_dtype_name(value: np.ndarray) -> str:
     return dtype_name(tf.dtypes.as_dtype(value.dtype).as_datatype_enum)
 
 
-def check_feed(alias: str, info, value: np.ndarray, position: int) -> tf.DType:
-    """The graph's dtype for a request tensor, or INVALID_ARGUMENT the way TF reports it."""
-    expected = tf.dtypes.as_dtype(info.dtype)
-    if expected == tf.string:
-        ok = value.dtype == object or value.dtype.kind in "SU"
-    else:
-        ok = value.dtype == expected.as_numpy_dtype
-    if not ok:
-        raise invalid_argument(f"Expects arg[{position}] to be {dtype_name(info.dtype)} but "
-                               f"{value_dtype_name(value)} is provided")
-    shape = _shape(info)
-    if shape is not None and (len(shape) != value.ndim or any(
-            want not in (-1, got) for want, got in zip(shape, value.shape, strict=True))):
-        raise invalid_argument(
-            f"input tensor alias: {alias} has shape [{','.join(map(str, value.shape))}] but "
-            f"the signature expects [{','.join(map(str, shape))}]")
-    return expected
+@dataclass(frozen=True)
+class SessionOptions:
+    """What TF Serving puts in every model's SessionOptions (saved_model_bundle_factory.cc,
+    main.cc): the thread pools (0: TensorFlow's defaults) and --mixed_precision=bfloat16's
+    grappler rewrite."""
+
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    bfloat16: bool = False
+
+    def config_proto(self):
+        from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+
+        config = config_pb2.ConfigProto(
+            intra_op_parallelism_threads=self.intra_op_threads,
+            inter_op_parallelism_threads=self.inter_op_threads,
+            allow_soft_placement=True)
+        if self.bfloat16:
+            config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 = \
+                rewriter_config_pb2.RewriterConfig.ON
+        return config
+
+
+SESSION_OPTIONS = SessionOptions()  # serving local sets it from its flags before loading
 
 
 @dataclass
 class Servable:
+    """A version loaded the way TF Serving loads it (LoadSavedModel): its meta graph
+    imported into a session of its own, variables restored and the init op run by
+    TensorFlow's SavedModel loader, TF1 and TF2 SavedModels alike. A request feeds and
+    fetches the SignatureDef's tensor names (Session::Run); nothing else is checked first."""
+
     model_name: str
     version: int
     path: Path
     signature_defs: dict[str, meta_graph_pb2.SignatureDef]
     signatures: dict[str, Signature]
-    loaded: object = field(repr=False)
+    session: object = field(repr=False)
     load_seconds: float = 0.0
+    _callables: dict = field(default_factory=dict, repr=False)
 
     def signature_def_map(self):
         """What GetModelMetadata packs under "signature_def"."""
@@ -103,25 +109,43 @@ class Servable:
     def signature(self, name: str) -> Signature | None:
         return self.signatures.get(name or SERVING_DEFAULT)  # TF Serving's default key
 
-    def validate(self, signature: Signature, inputs: dict[str, np.ndarray]
-                 ) -> dict[str, tf.DType]:
-        """dtype and shape of every input against the signature; returns the graph dtypes."""
-        return {alias: check_feed(alias, signature.inputs[alias], inputs[alias], i)
-                for i, alias in enumerate(sorted(inputs))}
+    def _callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...]):
+        """A Session callable for these tensor names (DirectSession::MakeCallable), made
+        once: it runs in C++ without the Python client's feed checks."""
+        key = (feeds, fetches)
+        found = self._callables.get(key)
+        if found is None:
+            from tensorflow.core.protobuf import config_pb2
+
+            options = config_pb2.CallableOptions(feed=list(feeds), fetch=list(fetches))
+            try:
+                # The session's own callable (what Session::MakeCallable makes in C++): the
+                # arguments go to the runtime as they are, with no Python-side cast or
+                # static-shape check (tf.compat.v1.Session.make_callable has both).
+                found = self.session._make_callable_from_options(options)  # noqa: SLF001
+            except tf.errors.OpError as e:  # a SignatureDef naming no such tensor
+                raise from_tf_error(e) from e
+            self._callables[key] = found
+        return found
 
     def run(self, signature: Signature, inputs: dict[str, np.ndarray],
             outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Run a signature on validated inputs. TF runtime errors become ServingErrors."""
-        feeds = {alias: tf.constant(inputs[alias], dtype=dtype)
-                 for alias, dtype in self.validate(signature, inputs).items()}
+        """Session::Run with the request's tensors fed to the signature's input names;
+        errors of the run come back with TensorFlow's text and status."""
+        aliases = sorted(inputs)
+        wanted = outputs or list(signature.outputs)
+        run = self._callable(tuple(signature.inputs[a].name for a in aliases),
+                             tuple(signature.outputs[a].name for a in wanted))
         try:
-            result = signature.function(**feeds)
+            values = run(*[inputs[a] for a in aliases])
         except tf.errors.OpError as e:
             raise from_tf_error(e) from e
-        except (TypeError, ValueError) as e:  # binding failed: shapes the graph cannot take
+        except (TypeError, ValueError) as e:  # a value the session cannot take as a tensor
             raise invalid_argument(str(e).splitlines()[0]) from e
-        wanted = outputs or list(result)
-        return {name: result[name].numpy() for name in wanted}
+        return {alias: np.asarray(v) for alias, v in zip(wanted, values, strict=True)}
+
+    def close(self) -> None:
+        self.session.close()
 
 
 def read_signature_defs(version_dir: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
@@ -145,17 +169,28 @@ def read_signature_defs(version_dir: Path) -> dict[str, meta_graph_pb2.Signature
 
 
 def load_servable(model_name: str, version: int, version_dir: Path) -> Servable:
-    """Load a SavedModel version the way TF Serving does (tag 'serve')."""
+    """Load a SavedModel version the way TF Serving does (LoadSavedModel, tag 'serve'):
+    TensorFlow's session loader, which restores the variables by name and runs the init
+    op, for TF1 and TF2 SavedModels alike."""
     started = time.perf_counter()
     signature_defs = read_signature_defs(version_dir)
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph, config=SESSION_OPTIONS.config_proto())
     try:
-        loaded = tf.saved_model.load(str(version_dir), tags=[SERVE_TAG])
-    except (tf.errors.OpError, OSError, ValueError) as e:
+        from tensorflow.python.util import deprecation
+
+        # The session loader is what TF Serving runs (LoadSavedModel); its Python wrapper
+        # is marked deprecated in favour of the object loader, which is not.
+        with graph.as_default(), deprecation.silence():
+            tf.compat.v1.saved_model.loader.load(session, [SERVE_TAG], str(version_dir))
+    except (tf.errors.OpError, OSError, ValueError, RuntimeError) as e:
+        session.close()
         if isinstance(e, tf.errors.OpError):
             raise from_tf_error(e) from e
         raise ServingError(grpc.StatusCode.DATA_LOSS,
                            f"Failed to load SavedModel at {version_dir}: {e}") from e
-    signatures = {name: Signature(name, signature_defs[name], fn)
-                  for name, fn in loaded.signatures.items() if name in signature_defs}
-    return Servable(model_name, version, version_dir, signature_defs, signatures, loaded,
+    graph.finalize()  # requests only run it; nothing may add to it
+    signatures = {name: Signature(name, definition)
+                  for name, definition in signature_defs.items()}
+    return Servable(model_name, version, version_dir, signature_defs, signatures, session,
                     time.perf_counter() - started)

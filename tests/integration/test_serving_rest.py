@@ -148,10 +148,11 @@ NOT_AN_IMAGE = b64(b"this is not an image")
                                          "instances": ["x"]}, 400,
      "is not of expected type: float"),
     ("POST", "/v1/models/tiny:classify", {"examples": [{"image/encoded": NOT_AN_IMAGE}]}, 400,
-     "No classification inputs found in SignatureDef"),
+     "Expected one or two output Tensors, found 5"),  # serving_default: classifier.cc
     ("POST", "/v1/models/tiny:classify", {"signature_name": "classify"}, 400,
      "When method is classify, key 'examples' is expected and was not found"),
-    ("POST", "/v1/models/tiny:regress", {"examples": [{}]}, 501, "not implemented"),
+    ("POST", "/v1/models/tiny:regress", {"examples": [{}]}, 400,
+     "Expected one output Tensor."),  # no regression signature (regressor.cc)
     # The path grammar is case-insensitive, the verb dispatch is not (http_rest_api_util.cc,
     # http_rest_api_handler.cc): a 400, as from TF Serving.
     ("POST", "/v1/models/tiny:PREDICT", {"instances": [1]}, 400,
