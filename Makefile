@@ -14,7 +14,7 @@ UV_VERSION := 0.13.8
 IMAGE_TAG ?= 0.1.0
 KUBECTL := $(VENV)/bin/kubectl
 
-.PHONY: install test-runtime test soak demo s3 bench lint manifests images clean
+.PHONY: install test-runtime test soak demo s3 bench tfserving-suite lint manifests images clean
 
 install: $(STAMP)
 
@@ -55,6 +55,11 @@ s3: install
 
 bench: install
 	$(PY) -m tests.benchmarks.run $(BENCH_ARGS)
+
+# TF Serving's own model-server tests against `serving local` (needs a clone of
+# github.com/tensorflow/serving: SERVING_REPO=path; pip reaches PyPI once). Not in `make test`.
+tfserving-suite: install
+	$(PY) -m tools.tfserving_suite --serving-repo $(SERVING_REPO) $(SUITE_ARGS)
 
 lint: install
 	$(PY) -m ruff check contract trainer serving tools tests
