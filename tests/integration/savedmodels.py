@@ -98,3 +98,16 @@ def example(x: float) -> bytes:
 
     return tf.train.Example(features=tf.train.Features(feature={
         "x": tf.train.Feature(float_list=tf.train.FloatList(value=[x]))})).SerializeToString()
+
+
+def write_keras_model(version_dir: Path) -> Path:
+    """Keras 3's own export (`Model.export`, its ExportArchive): y = 2 x, input "x" [-1, 1]."""
+    import keras
+    import numpy as np
+
+    model = keras.Sequential([keras.Input((1,), name="x"),
+                              keras.layers.Dense(1, kernel_initializer="ones",
+                                                 bias_initializer="zeros", name="double")])
+    model.layers[0].set_weights([np.array([[2.0]], "float32"), np.zeros(1, "float32")])
+    model.export(str(version_dir), verbose=False)
+    return version_dir

@@ -5,7 +5,8 @@ their own names ("00000123"); Regress and MultiInference are served; gRPC also l
 --grpc_socket_path; a config file that does not parse says TF Serving's line.
 
 The models are written here (tests/integration/savedmodels.py): y = 0.5 x + 3, as a TF1
-export with Predict, Classify and Regress signatures, and as a TF2 one."""
+export with Predict, Classify and Regress signatures, and as a TF2 one; y = 2 x as Keras 3
+exports it (`Model.export`)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from tests.conftest import run_cli
 from tests.integration.conftest import http
 from tests.integration.savedmodels import (
     example,
+    write_keras_model,
     write_tf1_linear_model,
     write_tf2_linear_model,
 )
@@ -43,15 +45,17 @@ def linear(tmp_path_factory):
     root = tmp_path_factory.mktemp("linear")
     write_tf1_linear_model(root / "tf1" / "00000123")
     write_tf2_linear_model(root / "tf2" / "0001")
+    write_keras_model(root / "keras" / "0007")
     config = root / "models.config"
     config.write_text("model_config_list {\n" + "".join(
         f'  config {{ name: "{n}" base_path: "{root / n}" model_platform: "tensorflow" }}\n'
-        for n in ("tf1", "tf2")) + "}\n")
+        for n in ("tf1", "tf2", "keras")) + "}\n")
     socket = root / "grpc.sock"
     server = LocalServer(["--model_config_file", str(config), "--grpc_socket_path",
                           str(socket)], root / "server.log")
     server.start(wait_for_model="tf1")
     server.wait_available("tf2")
+    server.wait_available("keras")
     yield server, socket
     assert server.stop() == 0
 
@@ -80,7 +84,8 @@ def test_zero_padded_version_folders_are_versions_of_their_number(linear):
     ("tf1", {"inputs": {"x": [[1.0], [2.0]]}}, [[3.5], [4.0]]),
     ("tf2", {"instances": [1.0, 2.0]}, [3.5, 4.0]),
     ("tf2", {"inputs": [4.0]}, [5.0]),
-], ids=["tf1-row", "tf1-columnar", "tf2-row", "tf2-columnar"])
+    ("keras", {"instances": [[1.5], [2.0]]}, [[3.0], [4.0]]),  # Keras 3's Model.export
+], ids=["tf1-row", "tf1-columnar", "tf2-row", "tf2-columnar", "keras-row"])
 def test_rest_predict_feeds_what_the_request_holds(linear, model, body, expected):
     server, _ = linear
     status, _, text = http("POST", f"{server.rest_url}/v1/models/{model}:predict",
