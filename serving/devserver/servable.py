@@ -133,7 +133,7 @@ class Servable:
         """Session::Run with the request's tensors fed to the signature's input names;
         errors of the run come back with TensorFlow's text and status."""
         aliases = sorted(inputs)
-        wanted = outputs or list(signature.outputs)
+        wanted = sorted(set(outputs or signature.outputs))  # one callable per output set
         run = self._callable(tuple(signature.inputs[a].name for a in aliases),
                              tuple(signature.outputs[a].name for a in wanted))
         try:
@@ -142,7 +142,8 @@ class Servable:
             raise from_tf_error(e) from e
         except (TypeError, ValueError) as e:  # a value the session cannot take as a tensor
             raise invalid_argument(str(e).splitlines()[0]) from e
-        return {alias: np.asarray(v) for alias, v in zip(wanted, values, strict=True)}
+        found = {alias: np.asarray(v) for alias, v in zip(wanted, values, strict=True)}
+        return {alias: found[alias] for alias in (outputs or signature.outputs)}
 
     def close(self) -> None:
         self.session.close()
