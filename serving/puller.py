@@ -440,6 +440,12 @@ class Puller:
         return removed
 
     # -- watch mode -----------------------------------------------------------------------
+    def _local_or_unknown(self) -> list[int] | str:
+        try:
+            return self.local_versions()
+        except OSError:
+            return "(the local folder cannot be read)"
+
     def watch(self, interval: float, stop: threading.Event) -> None:
         """Sync every `interval` seconds until `stop` is set. Store outages and refused
         credentials are logged and retried with backoff; local versions stay untouched."""
@@ -452,10 +458,14 @@ class Puller:
                 failures = 0
                 if result.installed or result.removed:
                     log.info("now holding versions %s", result.local)
-            except UserError as e:  # store down, credentials refused, bucket missing...
+            except (UserError, OSError) as e:  # store down, credentials refused, bucket
+                # missing; or the local volume: not writable (a Docker volume created owned
+                # by root), full. One line and a retry with backoff, never a crash loop.
                 failures += 1
-                log.warning("sync failed (%s); keeping local versions %s; retrying", e,
-                            self.local_versions())
+                reason = str(e) if isinstance(e, UserError) else \
+                    f"local folder: {e.strerror or e}: {getattr(e, 'filename', '') or ''}"
+                log.warning("sync failed (%s); keeping local versions %s; retrying", reason,
+                            self._local_or_unknown())
             delay = interval if not failures else min(interval * 2 ** (failures - 1),
                                                       max(interval, BACKOFF_MAX_S))
             stop.wait(delay)
@@ -484,6 +494,9 @@ def run_once_status(puller: Puller) -> tuple[int, str]:
         if local:
             return EXIT_OK, (f"cannot sync ({e}); serving the local versions {local}")
         return e.exit_code, str(e)
+    except OSError as e:  # the local folder: not writable, full, not a folder
+        return EXIT_STORAGE, (f"cannot write --dest {puller.dest_shown}: "
+                              f"{e.strerror or e}: {getattr(e, 'filename', '') or ''}")
     if result.local:
         signed = f" (signatures verified with key {puller.verify_key.key_id})" \
             if puller.verify_key is not None else ""

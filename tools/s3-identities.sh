@@ -1,6 +1,6 @@
 #!/bin/sh
 # docker compose's one-shot `s3-volume` step: write the store's S3 identities from .env and
-# hand the volumes to the services' user (UID 10001). Two identities: the admin (the trainer
+# hand the volumes, and all they hold, to the services' user (UID 10001). Two identities: the admin (the trainer
 # and the sample-data step) and `serving`, which may only list and read the models bucket
 # (the puller). The same file as tools/seaweed.py's identities() (tests hold them equal).
 # POSIX sh (busybox). CONFIG names the file to write.
@@ -23,5 +23,6 @@ printf '{"identities": [{"name": "admin", "credentials": [{"accessKey": "%s", "s
   "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" \
   "$SERVING_ACCESS_KEY_ID" "$SERVING_SECRET_ACCESS_KEY" > "$CONFIG"
 if [ "$#" -gt 0 ]; then
-  chown 10001:10001 "$CONFIG" "$@"
+  # Recursively: a volume Docker filled from an image keeps the image's owners inside.
+  chown -R 10001:10001 "$CONFIG" "$@"
 fi

@@ -510,3 +510,28 @@ def test_junk_version_folders_cost_a_bounded_number_of_listings_per_sync(
     remote.write_bytes(MANIFEST_FILE, (json.dumps(manifest) + "\n").encode())
     local, seen = sync()
     assert local == [500, 600] and len(seen & set(junk)) < MAX_RECHECKS_PER_SYNC
+
+
+def test_a_dest_the_puller_cannot_write_is_one_line_and_a_retry_not_a_crash(
+        tmp_path, models_uri):
+    """Issue 29: a Docker volume created owned by root made the puller (UID 10001) fail its
+    mkdir with PermissionError, which watch() did not catch: a crash loop. (Tests run as
+    root here, so a file where the folder should be stands in for the refused mkdir.)"""
+    publish_fake(tmp_path, models_uri, "m", 1)
+    (tmp_path / "volume").write_text("not a folder")
+    dest = tmp_path / "volume" / "m"
+    once = run_cli("serving", "pull", "--source", f"{models_uri}/m", "--dest", str(dest))
+    assert once.returncode == 3 and "Traceback" not in once.stderr
+    assert f"cannot write --dest {dest}: Not a directory" in once.stderr
+    log = (tmp_path / "watch.log").open("w+")
+    watch = subprocess.Popen([sys.executable, "-m", "serving", "pull", "--source",
+                              f"{models_uri}/m", "--dest", str(dest), "--watch", "--interval",
+                              "0.2", "-q"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                             env=os.environ.copy())
+    try:
+        wait_for(lambda: read(log).count("sync failed (local folder: Not a directory") >= 2)
+        assert watch.poll() is None  # still running, retrying
+    finally:
+        watch.send_signal(signal.SIGTERM)
+        assert watch.wait(30) == 0
+    assert "Traceback" not in read(log)

@@ -4,6 +4,7 @@ compose-capable Docker is present)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -262,6 +263,20 @@ def _env(service: dict) -> dict:
     return service.get("environment", {})
 
 
+def mounts(service: dict) -> dict[str, dict]:
+    """A service's volume mounts by target: source, read_only, nocopy (short and long
+    syntax alike)."""
+    found = {}
+    for v in service.get("volumes", []):
+        if isinstance(v, str):
+            source, target, *mode = v.split(":")
+            found[target] = {"source": source, "read_only": mode == ["ro"], "nocopy": False}
+        else:
+            found[v["target"]] = {"source": v["source"], "read_only": v.get("read_only", False),
+                                  "nocopy": v.get("volume", {}).get("nocopy", False)}
+    return found
+
+
 def test_every_compose_image_is_pinned(compose):
     for name, service in compose["services"].items():
         image, _, tag = service["image"].rpartition(":")
@@ -294,11 +309,51 @@ def test_the_store_runs_as_non_root_and_logs_to_stderr(compose):
     assert s3["depends_on"]["s3-volume"]["condition"] == "service_completed_successfully"
 
 
+def test_every_volume_a_service_writes_is_its_users_before_it_starts(compose, tmp_path):
+    """Issue 29: Docker creates a named volume owned by root, or copies an image's folder
+    into it with the image's owners (TF Serving's root-owned /models, SeaweedFS's
+    /data/filerldb2 of UID 1000), and compose creates every container before starting any.
+    So the one-shot step, which runs after all that, hands each volume a non-root service
+    writes, recursively, to UID 10001, and every such service waits for it; the readers
+    mount theirs nocopy."""
+    services = compose["services"]
+    step = services["s3-volume"]
+    owned = {mounts(step)[p]["source"] for p in step["command"][2:]}
+    for name, service in services.items():
+        user = service.get("user") or ("10001:10001" if "build" in service else None)
+        if name == "s3-volume" or user != "10001:10001":
+            continue
+        for target, mount in mounts(service).items():
+            if mount["read_only"] or mount["source"].startswith("."):
+                continue
+            assert mount["source"] in owned, (name, target)
+            waits = service["depends_on"]
+            assert "s3-volume" in waits or any(
+                "s3-volume" in services[d].get("depends_on", {}) for d in waits), name
+    assert mounts(services["s3"])["/data"]["nocopy"] is True
+    assert mounts(services["tfserving"])["/models"]["nocopy"] is True
+    # The step's script, run on folders made like such volumes, leaves nothing unowned.
+    if os.geteuid() != 0:
+        pytest.skip("chown needs root here")
+    volume = tmp_path / "data"
+    (volume / "filerldb2").mkdir(parents=True)
+    (volume / "filerldb2" / "LOCK").write_text("")
+    os.chown(volume / "filerldb2", 1000, 1000)
+    env = {"AWS_ACCESS_KEY_ID": "vgg16-ab12", "AWS_SECRET_ACCESS_KEY": "0123abcd" * 6,
+           "SERVING_ACCESS_KEY_ID": "serving-cd34", "SERVING_SECRET_ACCESS_KEY": "9876fedc" * 6,
+           "CONFIG": str(tmp_path / "s3.json"), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(["sh", str(REPO / "tools" / "s3-identities.sh"), str(volume)],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in [volume, *volume.rglob("*")]} == \
+        {(10001, 10001)}
+
+
 def test_the_signing_key_reaches_only_the_trainer_and_its_public_half_the_puller(
         compose, tmp_path):
     services = compose["services"]
     mounting = {volume: sorted(name for name, s in services.items()
-                               if any(v.split(":")[0] == volume for v in s.get("volumes", [])))
+                               if any(m["source"] == volume for m in mounts(s).values()))
                 for volume in ("signing-key", "verify-key")}
     assert mounting == {"signing-key": ["keys", "s3-volume", "trainer"],
                         "verify-key": ["keys", "puller", "s3-volume"]}
@@ -407,8 +462,10 @@ def test_volumes_and_names_agree_with_the_serving_config(compose):
     assert _env(puller)["MODEL_DEST"] == model.base_path
     assert _env(puller)["MODEL_SOURCE"] == f"{_env(trainer)['MODELS_URI']}/{model.name}"
     assert _env(trainer)["MODEL_NAME"] == model.name
-    assert "models:/models" in puller["volumes"] and "models:/models:ro" in \
-        tfserving["volumes"]
+    assert mounts(puller)["/models"] == {"source": "models", "read_only": False,
+                                        "nocopy": False}
+    assert mounts(tfserving)["/models"] == {"source": "models", "read_only": True,
+                                           "nocopy": True}
     assert model.base_path.startswith("/models/")
     assert text_format.MessageToString(model)  # a real ModelConfig
     # TF Serving (the image's entrypoint) reads the models.config the puller writes.
@@ -451,7 +508,9 @@ def test_docker_compose_config_accepts_the_files(tmp_path):
     if cmd is None:
         pytest.skip("no compose-capable Docker CLI here (`docker compose version` fails)")
     env_file = tmp_path / ".env"
-    env_file.write_text("AWS_ACCESS_KEY_ID=check\nAWS_SECRET_ACCESS_KEY=check-secret\n")
+    # All four variables compose's `${VAR:?}` requires (issue 29: two were missing).
+    env_file.write_text("AWS_ACCESS_KEY_ID=check\nAWS_SECRET_ACCESS_KEY=check-secret\n"
+                        "SERVING_ACCESS_KEY_ID=serving\nSERVING_SECRET_ACCESS_KEY=s-secret\n")
     for files in (["docker-compose.yml"], ["docker-compose.yml", "docker-compose.gpu.yml"]):
         args = [a for f in files for a in ("-f", str(REPO / f))]
         proc = subprocess.run([*cmd, "--env-file", str(env_file), *args, "config", "--quiet"],
