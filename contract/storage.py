@@ -356,30 +356,22 @@ class S3Location(Location):
                     names.append(cp["Prefix"][len(base):].rstrip("/"))
         return sorted(n for n in names if n)
 
+    # Least privilege on AWS grants s3:ListBucket only under a prefix (an s3:prefix
+    # condition). HeadBucket carries no prefix, and without an unconditional ListBucket a
+    # HEAD or GET of a missing key answers 403, not 404. So whether something exists is
+    # asked with a LIST under its own key, which such a policy allows.
     def exists(self, path: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        with s3_errors("cannot check", self.uri):
-            try:
-                s3_client().head_object(Bucket=self.bucket, Key=self._key(path))
-                return True
-            except ClientError as e:
-                if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                    return False
-                raise
+        key = self._key(path)
+        with s3_errors("cannot check", f"{self.uri}/{path}"):
+            resp = s3_client().list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1)
+        return any(obj["Key"] == key for obj in resp.get("Contents", []))
 
     def check_writable(self) -> None:
-        """The bucket must exist (some S3-compatible stores create one on the first write),
-        then the probe write and delete."""
-        from botocore.exceptions import ClientError
-
+        """The bucket must exist (some S3-compatible stores create one on the first write;
+        a LIST under this prefix says NoSuchBucket), then the probe write and delete."""
         with s3_errors("cannot check", self.uri):
-            try:
-                s3_client().head_bucket(Bucket=self.bucket)
-            except ClientError as e:
-                if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                    raise InputError(f"bucket {self.bucket} does not exist") from e
-                raise
+            s3_client().list_objects_v2(Bucket=self.bucket, Prefix=self._dir_prefix(),
+                                        MaxKeys=1)
         super().check_writable()
 
     def is_empty(self) -> bool:
@@ -398,6 +390,10 @@ class S3Location(Location):
                                               **extra)
             except ClientError as e:
                 if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    raise FileNotFoundError(f"{self.uri}/{path}") from e
+                # 403 for a key that is not there, under a prefix-scoped ListBucket
+                if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 403 and \
+                        not self.exists(path):
                     raise FileNotFoundError(f"{self.uri}/{path}") from e
                 raise
             return resp["Body"].read()

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from contract.errors import UserError
 from contract.manifest import MANIFEST_FILE, build_manifest, identity_bytes, list_version_files
 from contract.names import IDENTITY_FILE
 from contract.storage import S3Location, open_location, s3_client
 from serving.puller import Puller
-from tests.conftest import MODELS_BUCKET, REPO, aws_env_of, run_cli, unique
+from tests.conftest import DATA_BUCKET, MODELS_BUCKET, REPO, aws_env_of, run_cli, unique
 from tools.seaweed import SeaweedFS
 from trainer.publish import publish
 
@@ -535,3 +536,45 @@ def test_a_dest_the_puller_cannot_write_is_one_line_and_a_retry_not_a_crash(
         watch.send_signal(signal.SIGTERM)
         assert watch.wait(30) == 0
     assert "Traceback" not in read(log)
+
+
+def test_least_privilege_aws_policy_trainer_preflight_publish_and_pull(
+        tmp_path, seaweed, models_uri, monkeypatch):
+    """Issue 29: under the README's bucket policy (ListBucket only under the project's
+    prefixes) AWS refuses HeadBucket, and answers 403 for a missing key. The preflight's
+    HeadBucket stopped every training run with exit 3, and a missing labels object or
+    manifest read as an outage. Existence is now asked with a LIST under the key. The store
+    is the real SeaweedFS behind aws_policy_proxy, which gives AWS's three answers."""
+    from contract.storage import s3_client
+    from tests.integration.aws_policy_proxy import AwsPolicyProxy
+    from trainer.config import TrainConfig
+    from trainer.preflight import preflight
+
+    bucket, prefix = models_uri.removeprefix("s3://").split("/", 1)
+    data = f"s3://{DATA_BUCKET}/{unique('policy')}"
+    open_location(data).write_bytes("a/x.png", b"x")
+    grants = [f"{prefix}/*", f"{data.split('/', 3)[3]}/*"]
+    with AwsPolicyProxy(int(seaweed.endpoint.rsplit(":", 1)[1]), grants) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        s3_client.cache_clear()
+        try:
+            # The trainer's checks before any work: data listed, output and cache
+            # writable, the version not yet published.
+            preflight(TrainConfig(data=data, output=models_uri, model_name="m",
+                                  cache=f"{models_uri}/cache", version=3, weights="none"))
+            publish_fake(tmp_path, models_uri, "m", 3)
+            # The puller: no labels object (a 403 here), a manifest read, the install.
+            dest = tmp_path / "serve" / "m"
+            result = Puller(f"{models_uri}/m", dest, quiet=True).sync_once()
+            assert result.installed == [3] and result.rejected == {}
+            assert not open_location(f"{models_uri}/m").exists("_LABELS.json")
+            with pytest.raises(FileNotFoundError):
+                open_location(f"{models_uri}/m").read_bytes("_LABELS.json")
+            # What AWS refused on the way, and was not needed.
+            assert proxy.denied and all("HeadBucket" not in d for d in proxy.denied), \
+                proxy.denied
+            # Outside the granted prefixes it is still an access error, not "missing".
+            with pytest.raises(UserError, match="access denied"):
+                open_location(f"s3://{bucket}/elsewhere").exists("x")
+        finally:
+            s3_client.cache_clear()
