@@ -98,6 +98,9 @@ def _flag(name: str, *more: str, **kw):
             "--mixed_precision=bfloat16. Worth it on CPUs with AVX512-BF16 or AMX.")
 @_flag("enable_grpc_healthcheck_service", boolean=True, default=True,
        help="The grpc.health.v1 service (on by default here; off by default in TF Serving).")
+@_flag("grpc_channel_arguments", default="",
+       help="gRPC server arguments, comma-separated key=value, as TF Serving's "
+            "(e.g. grpc.max_connection_age_ms=300000).")
 @_flag("grpc_socket_path", default="", envvar="GRPC_SOCKET_PATH",
        help="Also serve gRPC on this Unix socket, as TF Serving does (none by default).")
 @_flag("max_request_bytes", type=int, default=defaults.MAX_REQUEST_BYTES,
@@ -167,6 +170,7 @@ def local(ctx, verbose, **kwargs) -> None:
             cfg.load_models(kwargs["model_config_file"])
         cfg.load_batching(kwargs["batching_parameters_file"], os.cpu_count() or 1)
         cfg.load_monitoring(kwargs["monitoring_config_file"])
+        cfg.channel_arguments(kwargs["grpc_channel_arguments"])
     except cfg.ConfigError as e:
         _fail_line(str(e), EXIT_BAD_INPUT)
     native_output(verbose)

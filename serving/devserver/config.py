@@ -197,3 +197,15 @@ def load_models(path: str | Path) -> list:
 def single_model(name: str, base_path: str):
     """What --model_name/--model_base_path mean: one model, latest version."""
     return ModelConfig(name=name, base_path=base_path, model_platform="tensorflow")
+
+
+def channel_arguments(text: str) -> list[tuple[str, int | str]]:
+    """--grpc_channel_arguments, as main.cc reads it: comma-separated key=value pairs, a
+    value that parses as an integer passed as one."""
+    found = []
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--grpc_channel_arguments: {pair!r} is not key=value")
+        found.append((key, int(value) if value.lstrip("-").isdigit() else value))
+    return found

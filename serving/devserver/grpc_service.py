@@ -223,12 +223,14 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 def build_server(manager: ModelManager, inference: Inference, metrics: Metrics, host: str,
                  port: int, threads: int, with_health: bool = True,
-                 max_message_bytes: int = defaults.MAX_REQUEST_BYTES, socket_path: str = ""
+                 max_message_bytes: int = defaults.MAX_REQUEST_BYTES, socket_path: str = "",
+                 channel_arguments: list | None = None
                  ) -> tuple[grpc.Server, health.HealthServicer | None, int]:
     server = grpc.server(ThreadPoolExecutor(threads, thread_name_prefix="grpc"), options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
+        *(channel_arguments or []),
     ])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(manager, inference, metrics), server)

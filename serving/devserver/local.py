@@ -53,6 +53,7 @@ class ServerOptions:
     enable_grpc_healthcheck_service: bool = True
     mixed_precision: str = ""
     grpc_socket_path: str = ""
+    grpc_channel_arguments: str = ""
     max_request_bytes: int = defaults.MAX_REQUEST_BYTES
 
 
@@ -98,7 +99,8 @@ def serve(options: ServerOptions) -> int:
     grpc_server, health, grpc_port = build_server(
         manager, inference, metrics, options.host, options.port, threads,
         with_health=options.enable_grpc_healthcheck_service,
-        max_message_bytes=options.max_request_bytes, socket_path=options.grpc_socket_path)
+        max_message_bytes=options.max_request_bytes, socket_path=options.grpc_socket_path,
+        channel_arguments=cfg.channel_arguments(options.grpc_channel_arguments))
     grpc_server.start()
     log.info("Running gRPC ModelServer at %s:%d ...", options.host, grpc_port)
     if options.grpc_socket_path:

@@ -36,6 +36,7 @@ from tests.integration.savedmodels import (
 from tools.model_server import LocalServer
 
 TIMEOUT = 60
+AGE_MS = 1500  # --grpc_channel_arguments: connections closed after this
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,9 @@ def linear(tmp_path_factory):
         for n in ("tf1", "tf2", "keras")) + "}\n")
     socket = root / "grpc.sock"
     server = LocalServer(["--model_config_file", str(config), "--grpc_socket_path",
-                          str(socket)], root / "server.log")
+                          str(socket), "--grpc_channel_arguments=grpc.max_connection_age_ms="
+                          f"{AGE_MS},grpc.max_connection_age_grace_ms=500"],
+                         root / "server.log")
     server.start(wait_for_model="tf1")
     server.wait_available("tf2")
     server.wait_available("keras")
@@ -190,6 +193,33 @@ def test_rest_regress_and_classify(linear):
     assert status == 400 and "'examples' value is an empty array" in text
 
 
+def test_connections_age_out_and_calls_go_on(linear):
+    """--grpc_channel_arguments (main.cc): grpc.max_connection_age_ms closes each client
+    connection after its age, so clients reconnect (in Kubernetes, through the Service to
+    pods the HPA added); a channel's calls go on across it."""
+    import time
+
+    server, _ = linear
+    channel, predict = stub(server.grpc_target)
+    states = []
+    channel.subscribe(states.append)
+    with channel:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "tf2"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto([2.0], dtype=tf.float32))
+        deadline = time.monotonic() + 3 * AGE_MS / 1000
+        answers = 0
+        while time.monotonic() < deadline:
+            assert tf.make_ndarray(predict.Predict(request, timeout=TIMEOUT).outputs["y"]
+                                   ).tolist() == [4.0]
+            answers += 1
+            time.sleep(0.05)
+    assert answers > 10
+    # The connection went away at least once and came back (IDLE or CONNECTING again).
+    ready = [i for i, s in enumerate(states) if s == grpc.ChannelConnectivity.READY]
+    assert len(ready) >= 2, states
+
+
 def test_a_model_status_over_the_unix_socket(linear):
     _, socket = linear
     with grpc.insecure_channel(f"unix:{socket}") as channel:
@@ -207,6 +237,10 @@ def test_startup_refusals_say_tf_servings_line(tmp_path):
                    timeout=60)
     assert proc.returncode == 2
     assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in proc.stderr
+    proc = run_cli("serving", "local", "--model_name", "m", "--model_base_path",
+                   str(tmp_path), "--grpc_channel_arguments=oops", timeout=60)
+    assert proc.returncode == 2
+    assert "--grpc_channel_arguments: 'oops' is not key=value" in proc.stderr
     proc = run_cli("serving", "local", "--model_name", "m", "--model_base_path",
                    str(tmp_path), "--prefer_tflite_model=true", timeout=60)
     assert proc.returncode == 2

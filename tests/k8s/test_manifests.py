@@ -641,3 +641,47 @@ def test_the_namespace_denies_by_default_and_every_pod_has_the_traffic_it_needs(
     assert sorted(p["port"] for p in rule["ports"]) == [8500, 8501]
     assert rule["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name":
                                                            "serving"}}}]
+
+
+def test_the_probes_ask_for_the_model_the_storage_settings_name(tmp_path):
+    """Issue 29: the probe paths said /v1/models/classifier whatever MODEL_NAME was. With the
+    storage literals edited as the README's step 2 says (in k8s/base), the probes ask for
+    the model named there."""
+    shutil.copytree(REPO / "k8s", tmp_path / "k8s")
+    shutil.copytree(REPO / "serving" / "config", tmp_path / "serving" / "config")
+    base = tmp_path / "k8s" / "base" / "kustomization.yaml"
+    base.write_text(base.read_text().replace("classifier", "dinosaurs"))
+    docs = render(tmp_path / "k8s" / "overlays" / "gpu")
+    [serving] = [d for d in docs if d["kind"] == "Deployment" and
+                 d["metadata"]["name"] == "serving"]
+    [tfserving] = [c for c in pod_template(serving)["spec"]["containers"]
+                   if c["name"] == "tfserving"]
+    for probe in ("startupProbe", "readinessProbe"):
+        assert tfserving[probe]["httpGet"]["path"] == "/v1/models/dinosaurs"
+
+
+def test_serving_survives_a_node_a_zone_and_a_drain(docs):
+    """Issue 29: both minimum replicas could share a node, `minAvailable: 1` let a drain
+    evict five of six, Burstable pods holding 0.55 GB versions were evicted first, and the
+    CronJob controller deleted all but the last failed run."""
+    serving = one(docs, "Deployment", "serving")
+    spec = pod_template(serving)["spec"]
+    spread = {c["topologyKey"]: c for c in spec["topologySpreadConstraints"]}
+    assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+    assert spread["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
+    selector = serving["spec"]["selector"]["matchLabels"]
+    assert all(c["labelSelector"]["matchLabels"] == selector and c["maxSkew"] == 1
+               and c["nodeTaintsPolicy"] == "Honor" for c in spread.values())
+    for c in containers(spec):  # Guaranteed QoS: every container's requests == limits
+        assert c["resources"]["requests"] == c["resources"]["limits"], c["name"]
+    pdb = one(docs, "PodDisruptionBudget", "serving")["spec"]
+    assert "minAvailable" not in pdb  # the two exclude each other
+    # A quarter at a time; the laptop overlay's single pod may go.
+    assert pdb["maxUnavailable"] == ("100%" if one(
+        docs, "HorizontalPodAutoscaler", "serving")["spec"]["minReplicas"] == 1 else "25%")
+    [tfserving] = [c for c in spec["containers"] if c["name"] == "tfserving"]
+    [channel] = [a for a in tfserving["args"] if a.startswith("--grpc_channel_arguments=")]
+    assert "grpc.max_connection_age_ms=" in channel
+    for cronjob in (d for d in docs if d["kind"] == "CronJob"):
+        assert cronjob["spec"]["successfulJobsHistoryLimit"] >= 10, cronjob["metadata"]
+        assert cronjob["spec"]["failedJobsHistoryLimit"] >= 10, cronjob["metadata"]
