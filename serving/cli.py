@@ -245,13 +245,17 @@ def main() -> None:
 @click.option("--serve-newest", is_flag=True, envvar="SERVE_NEWEST",
               help="With labels in the store: also install and serve the newest verified "
                    "version (asked for by number or without a label).")
+@click.option("--max-versions", type=click.IntRange(min=1), default=defaults.PULL_MAX_VERSIONS,
+              envvar="PULL_MAX_VERSIONS",
+              help="With labels: hold at most this many versions; every labelled one is "
+                   "kept, rollback targets while there is room, newest first.")
 @click.option("--max-version-mib", type=click.IntRange(min=1), default=MAX_VERSION_MIB,
               envvar="PULL_MAX_VERSION_MIB",
               help="Refuse a version whose files add up to more than this (MiB) before "
                    "downloading it; each object is also cut off past its listed size.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def pull(source, dest, watch, interval, keep, wait_timeout, verify_key, model_config,
-         serve_newest, max_version_mib, quiet) -> None:
+         serve_newest, max_versions, max_version_mib, quiet) -> None:
     """Bring verified model versions from object storage to a local folder.
 
     Without labels in the store: the newest --keep versions. With labels (_LABELS.json):
@@ -275,7 +279,7 @@ def pull(source, dest, watch, interval, keep, wait_timeout, verify_key, model_co
     try:
         puller = Puller(source, dest, keep=keep, quiet=quiet, verify_key=_verify_key(verify_key),
                         model_config=model_config, serve_newest=serve_newest,
-                        max_version_mib=max_version_mib)
+                        max_version_mib=max_version_mib, max_versions=max_versions)
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)

@@ -12,6 +12,11 @@ LOAD_RETRY_INTERVAL_MICROS = 60_000_000  # TF Serving's --load_retry_interval_mi
 # serving local's addition to a NOT_FOUND answer (an HTTP header, a gRPC trailing metadata
 # key): the models it does serve. TF Serving has no way to list them; clients show the list
 # when it is there and say nothing more when it is not.
+# The puller, with labels: how many versions to hold at most (the labelled ones always).
+# Three VGG16 versions (1.65 GB) and one download (up to --max-version-mib) fit the 3Gi
+# serving volume, and three loaded versions with TensorFlow fit the 4Gi server.
+PULL_MAX_VERSIONS = 3
+
 # serving local's hint on a NOT_FOUND: the models it serves. Only to a client on this very
 # machine (TF Serving's answer has no such list; a remote client gets exactly TF Serving's).
 SERVED_MODELS_KEY = "x-served-models"

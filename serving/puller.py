@@ -50,6 +50,7 @@ from contract.versions import (  # noqa: F401 (Rejected and read_manifest: servi
     fetch_head,
     read_manifest,
 )
+from serving import defaults
 from serving.layout import SAVED_MODEL, base_path_problem
 from serving.server_config import Served, next_step, read_state, render, write_atomically
 
@@ -65,6 +66,7 @@ BACKOFF_MAX_S = 300  # outage backoff stops growing at five minutes
 # half-way is looked at again before old junk). Folders never seen are always looked at.
 # 1,000 junk folders cost 1,000 listings once, then 32 a sync, not 1,000 every sync.
 MAX_RECHECKS_PER_SYNC = 32
+MAX_VERSIONS = defaults.PULL_MAX_VERSIONS
 WAIT_LOG_EVERY_S = 60  # --wait-timeout: one "still waiting" line a minute
 
 
@@ -79,12 +81,17 @@ class SyncResult:
 class Puller:
     def __init__(self, source: str, dest: str | Path, keep: int = 2, quiet: bool = False,
                  verify_key: VerifyKey | None = None, model_config: str | Path | None = None,
-                 serve_newest: bool = False, max_version_mib: int = MAX_VERSION_MIB):
+                 serve_newest: bool = False, max_version_mib: int = MAX_VERSION_MIB,
+                 max_versions: int = MAX_VERSIONS):
         if keep < 1:
             raise UserError(f"--keep must be at least 1, got {keep}")
         if max_version_mib < 1:
             raise UserError(f"--max-version-mib must be at least 1, got {max_version_mib}")
         self.max_version_mib = max_version_mib
+        if max_versions < 1:
+            raise UserError(f"--max-versions must be at least 1, got {max_versions}")
+        self.max_versions = max_versions
+        self._dropped_rollback: list[int] = []
         self.source: Location = open_location(source)
         self.dest = Path(dest).expanduser().absolute()
         self.dest_shown = str(dest)  # as the user wrote it, in messages
@@ -180,7 +187,7 @@ class Puller:
             result.local = self.local_versions()
             return result
         if labels is not None:
-            targets = set(labels.pinned())
+            targets = self._bounded(labels)
             if self.serve_newest:
                 for version in remote:  # the newest that verifies
                     if version in local or self._try_install(version, result, scan=True):
@@ -211,6 +218,27 @@ class Puller:
             result.removed = self.prune()
         result.local = self.local_versions()
         return result
+
+    def _bounded(self, labels: Labels) -> set[int]:
+        """The versions the labels pin, within --max-versions: every version a label names
+        now, then rollback targets, newest first, while there is room. The volume and the
+        server's memory are sized for that many (each VGG16 version is 0.55 GB); a second
+        label with its own rollback target would otherwise outgrow both."""
+        current = set(labels.labels.values())
+        rollback = sorted(labels.pinned() - current, reverse=True)
+        room = max(0, self.max_versions - len(current) - (1 if self.serve_newest else 0))
+        kept, dropped = rollback[:room], rollback[room:]
+        if dropped and self._dropped_rollback != dropped:
+            log.warning("not keeping rollback target(s) %s: the labels pin %d versions, "
+                        "more than --max-versions %d (raise it together with the volume and "
+                        "the server's memory)", dropped, len(current) + len(rollback),
+                        self.max_versions)
+        self._dropped_rollback = dropped
+        if len(current) > self.max_versions:
+            log.warning("the labels name %d versions, more than --max-versions %d: all are "
+                        "kept, and the volume and memory may not hold them", len(current),
+                        self.max_versions)
+        return current | set(kept)
 
     def _plan_rechecks(self, remote: list[int], local: set[int]) -> None:
         """Which folders that failed before this sync looks at again (MAX_RECHECKS_PER_SYNC)."""

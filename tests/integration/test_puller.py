@@ -578,3 +578,28 @@ def test_least_privilege_aws_policy_trainer_preflight_publish_and_pull(
                 open_location(f"s3://{bucket}/elsewhere").exists("x")
         finally:
             s3_client.cache_clear()
+
+
+def test_labels_never_pin_more_versions_than_the_volume_and_server_are_sized_for(
+        tmp_path, models_uri, caplog):
+    """Issue 29: with labels, --keep does not apply: each label's version and its rollback
+    target. A second label (canary) made four VGG16 versions, 2.2 GB plus a download in the
+    3Gi volume, and four loaded in a 4Gi server. Now at most --max-versions (3): every
+    labelled version, then rollback targets newest first."""
+    from contract.labels import Labels
+    from contract.names import LABELS_OBJECT
+
+    for v in (1, 2, 3, 4):
+        publish_fake(tmp_path, models_uri, "m", v)
+    open_location(f"{models_uri}/m").write_bytes(LABELS_OBJECT, Labels(
+        "m", {"stable": 3, "canary": 4}, {"stable": [2], "canary": [1]}).to_bytes())
+    config = tmp_path / "models.config"
+    with caplog.at_level("WARNING", logger="serving.puller"):
+        result = Puller(f"{models_uri}/m", tmp_path / "serve" / "m", quiet=True,
+                        model_config=config).sync_once()
+    assert result.local == [2, 3, 4]  # canary's rollback target 1 is the one left out
+    assert "not keeping rollback target(s) [1]: the labels pin 4 versions, more than " \
+           "--max-versions 3" in caplog.text
+    roomy = Puller(f"{models_uri}/m", tmp_path / "roomy" / "m", quiet=True,
+                   model_config=tmp_path / "roomy.config", max_versions=4).sync_once()
+    assert roomy.local == [1, 2, 3, 4]
