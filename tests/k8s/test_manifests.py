@@ -526,7 +526,9 @@ def test_bfloat16_serving_is_opt_in_and_lands_on_bfloat16_nodes(tmp_path, gpu):
         return spec, server
 
     spec, server = tfserving(gpu)
-    assert not any("mixed_precision" in a for a in server["args"]) and "affinity" not in spec
+    assert not any("mixed_precision" in a for a in server["args"])
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in spec["affinity"][
+        "nodeAffinity"]  # only the preference to stay off GPU nodes
     docs = render_with_components(tmp_path, "gpu", ["bfloat16-serving"])
     for doc in docs:
         for version in KUBERNETES_VERSIONS:
@@ -685,3 +687,30 @@ def test_serving_survives_a_node_a_zone_and_a_drain(docs):
     for cronjob in (d for d in docs if d["kind"] == "CronJob"):
         assert cronjob["spec"]["successfulJobsHistoryLimit"] >= 10, cronjob["metadata"]
         assert cronjob["spec"]["failedJobsHistoryLimit"] >= 10, cronjob["metadata"]
+
+
+def test_gpu_overlay_keeps_gpus_for_training(tmp_path, gpu):
+    """Issue 29: promote and rollback pulled the multi-GB -gpu image onto CPU nodes, serving
+    could land on untainted GPU nodes, and there was no way to name a RuntimeClass or to
+    tolerate spot taints."""
+    images = {d["metadata"]["name"]: pod_template(d)["spec"]["containers"][0]["image"]
+              for d in gpu if d["kind"] == "CronJob"}
+    assert images["trainer"].endswith("-gpu") and images["extract"].endswith("-gpu")
+    assert images["promote"] == images["rollback"] == images["trainer"].removesuffix("-gpu")
+    spec = pod_template(one(gpu, "Deployment", "serving"))["spec"]
+    [preference] = spec["affinity"]["nodeAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preference["preference"]["matchExpressions"] == [
+        {"key": "nvidia.com/gpu.present", "operator": "NotIn", "values": ["true"]}]
+    docs = render_with_components(tmp_path, "gpu", ["training-on-spot", "gpu-runtime-class"])
+    for doc in docs:
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
+    for name in ("trainer", "extract"):
+        pod = pod_template(one(docs, "CronJob", name))["spec"]
+        assert pod["runtimeClassName"] == "nvidia"
+        keys = {t["key"] for t in pod["tolerations"]}
+        assert {"nvidia.com/gpu", "cloud.google.com/gke-spot",
+                "kubernetes.azure.com/scalesetpriority"} <= keys
+    for name in ("promote", "rollback"):  # no GPU, no spot for them
+        assert "runtimeClassName" not in pod_template(one(docs, "CronJob", name))["spec"]
