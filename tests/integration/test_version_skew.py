@@ -1,7 +1,9 @@
-"""Models are exported by TensorFlow 2.21 (the trainer) and served by tensorflow/serving
-2.20.0, whose runtime is TensorFlow 2.20. This loads a published version under TF 2.20, the
-way TF Serving loads it, and runs all three signatures and every warmup record through it;
-the answers must match TF 2.21's.
+"""Models are exported by the trainer's TensorFlow (pinned to 2.20, the version inside
+tensorflow/serving:2.20.0) and served by TF Serving. This loads a published version under
+TF Serving's TensorFlow, installed on its own (tensorflow-cpu, as the serving image has it),
+the way TF Serving loads it (a session), and runs all three signatures and every warmup
+record through it; the answers must match the trainer's. It is the guard for the next
+upgrade of either side: pin the trainer to a newer TensorFlow only with this passing.
 
 TF 2.20 is installed into its own virtual environment from requirements/
 tf-serving-runtime.lock (hashes required), once, beside the project's venv
@@ -102,7 +104,7 @@ def test_models_load_and_answer_the_same_under_the_serving_images_tensorflow(
     served = run_under(serving_runtime, model.version_dir, calls, tmp_path)
     trained = run_under(Path(sys.executable), model.version_dir, calls, tmp_path)
     assert served["tensorflow"] == SERVING_TF_VERSION
-    assert trained["tensorflow"].startswith("2.21")
+    assert trained["tensorflow"] == SERVING_TF_VERSION  # the trainer is pinned to it too
     assert {"serving_default", "predict_images", "classify"} <= set(served["signatures"])
     for call, old, new in zip(calls, served["results"], trained["results"], strict=True):
         assert old.keys() == new.keys(), call["signature"]
