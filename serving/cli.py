@@ -245,6 +245,11 @@ def main() -> None:
 @click.option("--serve-newest", is_flag=True, envvar="SERVE_NEWEST",
               help="With labels in the store: also install and serve the newest verified "
                    "version (asked for by number or without a label).")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=0,
+              envvar="PULL_METRICS_PORT",
+              help="With --watch: Prometheus metrics at :PORT/metrics (syncs, installs, "
+                   "rejections by kind, last successful sync, newest published and local "
+                   "versions). 0: off.")
 @click.option("--max-versions", type=click.IntRange(min=1), default=defaults.PULL_MAX_VERSIONS,
               envvar="PULL_MAX_VERSIONS",
               help="With labels: hold at most this many versions; every labelled one is "
@@ -255,7 +260,7 @@ def main() -> None:
                    "downloading it; each object is also cut off past its listed size.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def pull(source, dest, watch, interval, keep, wait_timeout, verify_key, model_config,
-         serve_newest, max_versions, max_version_mib, quiet) -> None:
+         serve_newest, metrics_port, max_versions, max_version_mib, quiet) -> None:
     """Bring verified model versions from object storage to a local folder.
 
     Without labels in the store: the newest --keep versions. With labels (_LABELS.json):
@@ -289,6 +294,15 @@ def pull(source, dest, watch, interval, keep, wait_timeout, verify_key, model_co
             if wait_timeout else run_once_status(puller)
         click.echo(message if code == EXIT_OK else f"error: {message}", err=code != EXIT_OK)
         sys.exit(code)
+    if metrics_port:
+        from serving.puller_metrics import PullerMetrics
+
+        puller.metrics = PullerMetrics(puller.model_name)
+        try:
+            puller.metrics.serve(metrics_port)
+        except OSError as e:
+            click.echo(f"error: --metrics-port {metrics_port}: {e.strerror or e}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
     puller.watch(interval, stop)
     click.echo("stopped")
 

@@ -75,6 +75,7 @@ class SyncResult:
     installed: list[int] = field(default_factory=list)
     rejected: dict[int, str] = field(default_factory=dict)
     local: list[int] = field(default_factory=list)
+    new_rejections: list[str] = field(default_factory=list)  # refused for the first time
     removed: list[int] = field(default_factory=list)
 
 
@@ -123,6 +124,8 @@ class Puller:
         self._dropped: dict[int, float] = {}  # version -> when it left the server's config
         self._failed: dict[int, tuple[int, int]] = {}  # version -> (failures, at which sync)
         self._syncs = 0
+        self.newest_published: int | None = None  # the newest version seen with a manifest
+        self.metrics = None  # serving.puller_metrics.PullerMetrics, with --metrics-port
         self._rechecks: set[int] | None = None  # this sync's, when they are bounded
 
     def _check_dest(self) -> None:
@@ -275,6 +278,7 @@ class Puller:
         if MANIFEST_FILE not in stored:
             log.info("version %d has no manifest yet; ignored", version)
             return False
+        self.newest_published = max(self.newest_published or 0, version)
         # A rejected version is tried again only once something in it changed.
         state = hashlib.sha256(repr(sorted(listing, key=lambda e: e.path)).encode()) \
             .hexdigest()
@@ -297,6 +301,7 @@ class Puller:
             log.warning("rejected version %d of %s: %s (tried again when it changes in "
                         "the store)", version, self.model_name, reason)
             result.rejected[version] = reason
+            result.new_rejections.append(reason)
             self._rejected[version] = (state, reason)
             return False
         self._rejected.pop(version, None)
@@ -481,6 +486,9 @@ class Puller:
         while not stop.is_set():
             try:
                 result = self.sync_once()
+                if self.metrics is not None:
+                    newest = max(result.local + [self.newest_published or 0]) or None
+                    self.metrics.synced(result, newest)
                 if failures:
                     log.info("object store reachable again")
                 failures = 0
@@ -490,6 +498,8 @@ class Puller:
                 # missing; or the local volume: not writable (a Docker volume created owned
                 # by root), full. One line and a retry with backoff, never a crash loop.
                 failures += 1
+                if self.metrics is not None:
+                    self.metrics.failed()
                 reason = str(e) if isinstance(e, UserError) else \
                     f"local folder: {e.strerror or e}: {getattr(e, 'filename', '') or ''}"
                 log.warning("sync failed (%s); keeping local versions %s; retrying", reason,

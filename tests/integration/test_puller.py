@@ -603,3 +603,50 @@ def test_labels_never_pin_more_versions_than_the_volume_and_server_are_sized_for
     roomy = Puller(f"{models_uri}/m", tmp_path / "roomy" / "m", quiet=True,
                    model_config=tmp_path / "roomy.config", max_versions=4).sync_once()
     assert roomy.local == [1, 2, 3, 4]
+
+
+def test_the_sidecar_exports_what_an_operator_alerts_on(tmp_path, models_uri):
+    """Issue 29: monitoring was on, but the puller said nothing a scraper could read. With
+    --metrics-port it exports syncs, installs, rejections by kind, the last successful sync
+    and the newest published and local versions (k8s/components/monitoring alerts on them)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tools.seaweed import free_port
+
+    publish_fake(tmp_path, models_uri, "m", 1)
+    folder = publish_fake(tmp_path, models_uri, "m", 2)
+    open_location(f"{models_uri}/m/2").write_bytes(  # same size, other bytes: refused
+        "saved_model.pb", (folder / "saved_model.pb").read_bytes()[:-1] + b"X")
+    port = free_port()
+    log = (tmp_path / "watch.log").open("w+")
+    watch = subprocess.Popen([sys.executable, "-m", "serving", "pull", "--source",
+                              f"{models_uri}/m", "--dest", str(tmp_path / "serve" / "m"),
+                              "--watch", "--interval", "0.3", "--metrics-port", str(port),
+                              "-q"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                             env=os.environ.copy())
+
+    def scrape() -> dict:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    try:
+        wait_for(lambda: scrape().get(("vgg16_puller_syncs_total",
+                                       (("model", "m"), ("outcome", "ok"))), 0) >= 2)
+        got = scrape()
+    finally:
+        watch.send_signal(signal.SIGTERM)
+        assert watch.wait(30) == 0
+    m = (("model", "m"),)
+    assert got[("vgg16_puller_installs_total", m)] == 1
+    assert got[("vgg16_puller_rejections_total", (("kind", "checksum"), ("model", "m")))] == 1
+    assert got[("vgg16_puller_newest_published_version", m)] == 2
+    assert got[("vgg16_puller_newest_local_version", m)] == 1
+    assert got[("vgg16_puller_local_versions", m)] == 1
+    assert time.time() - got[("vgg16_puller_last_successful_sync_timestamp_seconds", m)] < 60
