@@ -69,13 +69,18 @@ manifests: install
 	@for overlay in k8s/overlays/*/; do \
 		echo "# ---- $$overlay"; $(KUBECTL) kustomize $$overlay || exit 1; done
 
+# BUILD_ARGS adds to every build; with a registry, an SBOM and provenance come from BuildKit:
+#   make images BUILD="docker buildx build --push --sbom=true --provenance=mode=max" \
+#        REGISTRY=registry.example.com/
+BUILD ?= docker build
+REGISTRY ?=
 images:
 	@docker info >/dev/null 2>&1 || { echo "make images: no Docker engine answers" >&2; exit 1; }
-	docker build -f trainer/Dockerfile -t vgg16-transfer/trainer:$(IMAGE_TAG) .
-	docker build -f trainer/Dockerfile --build-arg TF_VARIANT=-gpu \
-		-t vgg16-transfer/trainer:$(IMAGE_TAG)-gpu .
-	docker build -f serving/puller.Dockerfile -t vgg16-transfer/puller:$(IMAGE_TAG) .
-	docker build -f serving/Dockerfile -t vgg16-transfer/tfserving:$(IMAGE_TAG) .
+	$(BUILD) $(BUILD_ARGS) -f trainer/Dockerfile -t $(REGISTRY)vgg16-transfer/trainer:$(IMAGE_TAG) .
+	$(BUILD) $(BUILD_ARGS) -f trainer/Dockerfile --build-arg TF_VARIANT=-gpu \
+		-t $(REGISTRY)vgg16-transfer/trainer:$(IMAGE_TAG)-gpu .
+	$(BUILD) $(BUILD_ARGS) -f serving/puller.Dockerfile -t $(REGISTRY)vgg16-transfer/puller:$(IMAGE_TAG) .
+	$(BUILD) $(BUILD_ARGS) -f serving/Dockerfile -t $(REGISTRY)vgg16-transfer/tfserving:$(IMAGE_TAG) .
 
 clean:
 	rm -rf .demo .bench .pytest_cache .ruff_cache build *.egg-info
