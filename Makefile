@@ -14,7 +14,7 @@ UV_VERSION := 0.13.8
 IMAGE_TAG ?= 0.1.0
 KUBECTL := $(VENV)/bin/kubectl
 
-.PHONY: install test-runtime test soak demo s3 bench tfserving-suite lint manifests images clean
+.PHONY: install test-runtime test soak demo s3 bench tfserving-suite docs lint manifests images clean
 
 install: $(STAMP)
 
@@ -60,6 +60,11 @@ bench: install
 # github.com/tensorflow/serving: SERVING_REPO=path; pip reaches PyPI once). Not in `make test`.
 tfserving-suite: install
 	$(PY) -m tools.tfserving_suite --serving-repo $(SERVING_REPO) $(SUITE_ARGS)
+
+# The documentation site from docs/ (mkdocs, Material theme) into site/; --strict: a broken
+# link, anchor or a page left out of the nav fails it.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 lint: install
 	$(PY) -m ruff check contract trainer serving tools tests
