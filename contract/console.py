@@ -14,6 +14,16 @@ from __future__ import annotations
 import os
 import sys
 
+# TensorFlow's C++ log level for every command (`TF_CPP_MIN_LOG_LEVEL`, set before TensorFlow
+# loads unless the environment sets it; the trainer image sets the same). "3" leaves only
+# FATAL: the JPEG decoder logs "Premature end of JPEG data" at ERROR for a file the report
+# already lists with its reason, and real failures surface as Python errors.
+NATIVE_LOG_LEVEL = "3"
+
+
+def quiet_native_logs() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", NATIVE_LOG_LEVEL)
+
 
 def native_output(verbose: bool) -> None:
     """--verbose: TensorFlow logs everything it has; otherwise its native lines are dropped."""

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from contract.names import LABELS_OBJECT, MAX_VERSION
 
 FORMAT = 1
-MAX_LABELS_BYTES = 64 * 1024  # a real one is a few hundred bytes
+MAX_LABELS_BYTES = 64 * 1024  # a real one is a few hundred bytes; read at most one more
+# The label promote moves and rollback moves back unless told otherwise.
+DEFAULT_LABEL = "stable"
 MAX_LABELS = 64
 MAX_HISTORY = 10  # previous versions remembered per label
 # Lower-case words, as TF Serving's examples ("stable", "canary"): a URL path segment.
@@ -125,7 +127,7 @@ def read_labels(location, model_name: str) -> Labels:
     """The labels object beside the versions of `location` (a contract.storage.Location):
     none yet when there is no such object; LabelsError when it is refused."""
     try:
-        data = location.read_bytes(LABELS_OBJECT, limit=1 << 20)
+        data = location.read_bytes(LABELS_OBJECT, limit=MAX_LABELS_BYTES)
     except FileNotFoundError:
         return Labels(model_name, {})
     return parse_labels(data, model_name)

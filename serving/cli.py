@@ -9,8 +9,9 @@ import sys
 
 import click
 
-from contract.console import native_output
+from contract.console import native_output, quiet_native_logs
 from contract.errors import EXIT_BAD_INPUT
+from contract.labels import DEFAULT_LABEL
 from contract.versions import MAX_VERSION_MIB
 from serving import defaults
 
@@ -209,7 +210,7 @@ def main() -> None:
     # bars; files the decoder refuses are listed in the report instead. Set before
     # TensorFlow loads; an explicit setting wins. (`python -m serving` and the console
     # script both come here.)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_native_logs()
     cli(prog_name="serving")
 
 
@@ -445,7 +446,7 @@ def label_ls(source) -> None:
 @click.option("--data", required=True, envvar="EVAL_DATA_URI",
               help="Labelled images both versions are scored on (local or s3://), held out "
                    "of training: e.g. a test set.")
-@click.option("--label", "label_name", default="stable", show_default=True,
+@click.option("--label", "label_name", default=DEFAULT_LABEL, show_default=True,
               help="The label to move.")
 @click.option("--max-accuracy-drop", type=float, default=0.0,
               help="Refuse (exit 4) when the candidate's accuracy is more than this below "
@@ -484,7 +485,7 @@ def promote(source, candidate, data, label_name, max_accuracy_drop, report_dir,
 
 @cli.command()
 @_source
-@click.option("--label", "label_name", default="stable", show_default=True,
+@click.option("--label", "label_name", default=DEFAULT_LABEL, show_default=True,
               help="The label to move back.")
 @click.option("--verify-key", type=click.Path(dir_okay=False), envvar="VERIFY_KEY",
               help="Also require the previous version to be signed with this public key.")

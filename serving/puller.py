@@ -29,7 +29,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from contract.errors import EXIT_OK, EXIT_STORAGE, InputError, UserError
-from contract.labels import Labels, LabelsError, parse_labels
+from contract.labels import MAX_LABELS_BYTES, Labels, LabelsError, parse_labels
 from contract.manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest
 from contract.names import LABELS_OBJECT, STAGING_PREFIX, parse_version
 from contract.signing import SignatureError, VerifyKey
@@ -322,7 +322,7 @@ class Puller:
         """The store's labels (None when it has none), or _BROKEN when the labels object
         is refused: logged once per content, and nothing changes for the server."""
         try:
-            data = self.source.read_bytes(LABELS_OBJECT, limit=1 << 20)
+            data = self.source.read_bytes(LABELS_OBJECT, limit=MAX_LABELS_BYTES)
         except FileNotFoundError:
             return None
         try:

@@ -16,7 +16,7 @@ import time
 
 import click
 
-from contract.console import native_output
+from contract.console import native_output, quiet_native_logs
 from contract.errors import UserError
 from trainer import config as defaults
 from trainer.precision import CHOICES as PRECISION_CHOICES
@@ -360,5 +360,5 @@ def main() -> None:
     # with its reason, in the skipped files of the report and the run's summary instead;
     # real failures still surface as Python errors. Set before TensorFlow loads; an explicit
     # setting wins. (`python -m trainer` and the console script both come here.)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_native_logs()
     cli(prog_name="trainer")

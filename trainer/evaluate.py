@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from contract.errors import InputError
-from contract.labels import LabelsError, read_labels
+from contract.labels import DEFAULT_LABEL, LabelsError, read_labels
 from contract.manifest import MANIFEST_FILE, Manifest
 from contract.names import (
     ERROR_OUTPUT,
@@ -40,7 +40,6 @@ from trainer.report import classification_metrics, plot_confusion_matrix
 log = logging.getLogger(__name__)
 BOOTSTRAP_SAMPLES = 2000
 CONFIDENCE = 0.95
-DEFAULT_LABEL = "stable"
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.png"
 MISCLASSIFIED_PNG = "misclassified.png"
