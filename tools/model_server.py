@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -73,7 +74,11 @@ class LocalServer:
                     status = json.loads(response.read())
                 if any(v["state"] == "AVAILABLE" for v in status["model_version_status"]):
                     return status
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
+            except (urllib.error.URLError, ConnectionError, TimeoutError,
+                    http.client.HTTPException, ValueError, KeyError):
+                # Not up yet, or another process answers on the port (a free port taken
+                # between choosing and binding, by another server's gRPC say): this one then
+                # exits with "already in use", and start() chooses again.
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError(f"model {model} not AVAILABLE after {timeout}s:\n"
