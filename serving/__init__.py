@@ -1,1 +1,1 @@
-"""Serving side: the development model server, the model puller and the client (README.md)."""
+"""Serving side: the development model server, the model puller and the client (docs/serving.md)."""

@@ -1,4 +1,4 @@
-"""Print .bench/results.json as the Markdown table the README shows."""
+"""Print .bench/results.json as the Markdown table docs/performance.md shows."""
 
 import json
 import sys

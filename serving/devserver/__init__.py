@@ -1,2 +1,2 @@
 """`serving local`: the development model server, with TensorFlow Serving's REST and gRPC API
-(see README "Compared with TF Serving 2.20")."""
+(see docs/tf-serving-compatibility.md)."""
