@@ -269,13 +269,28 @@ def test_every_env_var_the_code_reads_is_provided(docs):
             "http://seaweedfs:8333"
 
 
+def tfserving_command_line(container: dict) -> list[str]:
+    """What the TF Serving container runs: the image's entrypoint (serving/Dockerfile, the
+    project's flags) and the Deployment's `args`, which add only what differs."""
+    from tests.k8s.test_containers import instructions
+
+    [entrypoint] = [rest for word, rest in instructions("serving/Dockerfile")
+                    if word == "ENTRYPOINT"]
+    assert "command" not in container  # inherits the image's, flags and all
+    return yaml.safe_load(entrypoint) + container.get("args", [])
+
+
 def test_container_args_are_flags_the_programs_accept(docs):
     for _, spec in pod_specs(docs):
         for c in containers(spec):
             args = [a.replace("$(DATA_URI)", "s3://b/d") for a in c.get("args", [])]
             if "tfserving" in c["image"]:
-                assert c["command"] == ["/usr/bin/tini", "-s", "--",
-                                        "/usr/bin/tensorflow_model_server"]
+                assert tfserving_command_line(c)[:4] == [
+                    "/usr/bin/tini", "-s", "--", "/usr/bin/tensorflow_model_server"]
+                image_flags = {a.split("=")[0] for a in tfserving_command_line(c)[4:]
+                               if a not in args}
+                # Only what differs: no flag given twice.
+                assert not image_flags & {a.split("=")[0] for a in args}, args
                 defined = {e["name"] for e in c.get("env", [])}
                 for arg in args:
                     flag, _, value = arg.removeprefix("--").partition("=")
@@ -307,9 +322,10 @@ def test_tfserving_reads_the_projects_own_config_files(docs):
     # Serving re-reads it and may take new labels on versions still loading.
     for init in deployment["spec"]["template"]["spec"]["initContainers"]:
         assert _env(docs, init)["MODEL_CONFIG_FILE"] == "/models/models.config"
-    assert "--model_config_file=/models/models.config" in tfserving["args"]
-    assert "--model_config_file_poll_wait_seconds=10" in tfserving["args"]
-    assert "--allow_version_labels_for_unavailable_models=true" in tfserving["args"]
+    runs = tfserving_command_line(tfserving)
+    assert "--model_config_file=/models/models.config" in runs
+    assert "--model_config_file_poll_wait_seconds=10" in runs
+    assert "--allow_version_labels_for_unavailable_models=true" in runs
     assert "/models/models.config".startswith(models_mount["mountPath"] + "/")
     puller_env = _env(docs, deployment["spec"]["template"]["spec"]["initContainers"][0])
     # Its base path (the puller's --dest) is inside TF Serving's mount.
@@ -439,7 +455,7 @@ def test_first_deploy_waits_for_a_version_and_drains_cleanly(docs):
     wait = float(sync["args"][sync["args"].index("--wait-timeout") + 1])
     assert wait >= 3600  # a first training run takes a while; no Init:CrashLoopBackOff
     [tfserving] = spec["containers"]
-    assert tfserving["command"][0] == "/usr/bin/tini"  # SIGTERM reaches the server
+    assert tfserving_command_line(tfserving)[0] == "/usr/bin/tini"  # SIGTERM reaches it
     pre_stop = tfserving["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "/bin/sleep" and 0 < int(pre_stop[1]) < \
         spec["terminationGracePeriodSeconds"]
