@@ -23,16 +23,16 @@ from pathlib import Path
 from contract.errors import EXIT_BAD_INPUT, EXIT_STORAGE
 from contract.image_formats import ERROR_NOT_AN_IMAGE, sniff
 from contract.names import ERROR_OUTPUT, IMAGE_BYTES_INPUT, SERVING_DEFAULT
-from serving import protos
+from serving import defaults, protos
 from serving.defaults import SERVED_MODELS_KEY
 
-DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_TIMEOUT_S = defaults.CLIENT_TIMEOUT_S
 # gRPC targets with an explicit resolver scheme may name many servers (a Kubernetes headless
 # Service: dns:///serving-grpc.<namespace>:8500). Their calls are spread over every address
 # (round_robin) instead of gRPC's default pick_first, which sends every call of a channel to
 # one pod, so scaling out would not help a long-lived client.
 BALANCED_SCHEMES = ("dns:", "ipv4:", "ipv6:")
-DEFAULT_BATCH = 16  # images per request: few round trips, modest request size
+DEFAULT_BATCH = defaults.CLIENT_BATCH
 
 
 class ClientError(Exception):

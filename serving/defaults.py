@@ -12,6 +12,10 @@ LOAD_RETRY_INTERVAL_MICROS = 60_000_000  # TF Serving's --load_retry_interval_mi
 # serving local's addition to a NOT_FOUND answer (an HTTP header, a gRPC trailing metadata
 # key): the models it does serve. TF Serving has no way to list them; clients show the list
 # when it is there and say nothing more when it is not.
+# The client: each call's deadline, and images per request (few round trips, modest size).
+CLIENT_TIMEOUT_S = 30.0
+CLIENT_BATCH = 16
+
 # The puller, with labels: how many versions to hold at most (the labelled ones always).
 # Three VGG16 versions (1.65 GB) and one download (up to --max-version-mib) fit the 3Gi
 # serving volume, and three loaded versions with TensorFlow fit the 4Gi server.

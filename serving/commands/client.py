@@ -9,6 +9,7 @@ import click
 
 from contract.console import native_output
 from contract.errors import EXIT_BAD_INPUT
+from serving import defaults
 
 
 def _server_options(f):
@@ -17,7 +18,7 @@ def _server_options(f):
                           "(a server still starting); 0: do not wait.")(f)
     f = click.option("--verbose", is_flag=True,
                      help="Also show TensorFlow's native start-up lines.")(f)
-    f = click.option("--timeout", type=float, default=30.0,
+    f = click.option("--timeout", type=float, default=defaults.CLIENT_TIMEOUT_S,
                      help="Deadline for each call, in seconds.")(f)
     f = click.option("--model-name", required=True, envvar="MODEL_NAME",
                      help="Model to query.")(f)
@@ -63,7 +64,8 @@ def _client_call(fn):
 @click.option("--version", type=int, help="Ask for this version.")
 @click.option("--label", help="Ask for the version with this label.")
 @click.option("--top-k", type=int, default=1, help="How many classes to show per image.")
-@click.option("--batch-size", type=int, default=16, help="Images per request.")
+@click.option("--batch-size", type=int, default=defaults.CLIENT_BATCH,
+              help="Images per request.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def classify(grpc_target, rest_url, model_name, timeout, verbose, wait_s, version, label,
