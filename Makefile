@@ -14,7 +14,7 @@ UV_VERSION := 0.13.8
 IMAGE_TAG ?= 0.1.0
 KUBECTL := $(VENV)/bin/kubectl
 
-.PHONY: install test-runtime test soak demo s3 bench tfserving-suite docs lint manifests images clean
+.PHONY: install lock test-runtime test soak demo s3 bench tfserving-suite docs lint manifests images clean
 
 install: $(STAMP)
 
@@ -23,11 +23,29 @@ install: $(STAMP)
 # machine. --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, every
 # process would otherwise compile TensorFlow's sources again (import 8 s -> 20 s).
 # The venv keeps pip for users who want it.
-$(STAMP): pyproject.toml
+# The environment is the hashed lock (requirements/dev.lock: pyproject.toml's pins with their
+# dependencies and the dev tools, the same versions the images' locks hold), so every
+# machine gets the same transitive versions; then the project itself, editable, without
+# dependencies and without an isolated build (setuptools comes from the lock too).
+$(STAMP): pyproject.toml requirements/dev.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -e '.[dev]'
+	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) --require-hashes \
+		-r requirements/dev.lock
+	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) --no-deps \
+		--no-build-isolation -e .
 	@touch $(STAMP)
+
+# Re-resolve the locks after a pin in pyproject.toml or requirements/*.in changed; versions
+# not concerned stay as they are (each lock is its own starting point).
+LOCK = $(VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28
+lock: $(STAMP)
+	$(LOCK) pyproject.toml requirements/build.in -o requirements/trainer.lock
+	$(LOCK) --extra dev pyproject.toml requirements/build.in -o requirements/dev.lock
+	$(LOCK) requirements/puller.in requirements/build.in -o requirements/puller.lock
+	$(LOCK) requirements/tf-serving-runtime.in -o requirements/tf-serving-runtime.lock
+	$(LOCK) --no-deps requirements/tfserving-suite.in -o requirements/tfserving-suite.lock
 
 # TF Serving's TensorFlow (2.20), for the version-skew test: installed before the tests run,
 # and again only when its lock changes.
