@@ -84,168 +84,222 @@ def _cross_entropy(probabilities: np.ndarray, y: np.ndarray) -> float:
 
 
 def run(config: TrainConfig) -> JobResult:
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
+    """The training run, phase by phase (trainer.preflight already checked the inputs)."""
+    job = _Run(config)
+    job.read()            # the images, and the base network
+    job.features()        # fc2 features: from the cache, or computed once
+    job.fit()             # the softmax head, on the training split
+    job.measure()         # validation (and test) metrics
+    job.gate()            # stop here, nothing published, below --min-*-accuracy
+    return job.publish()  # export, check, sign, publish
 
-    def lap(name: str, since: float) -> float:
+
+class _Run:
+    """One training run's state, filled in by its phases in order."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.timings: dict[str, float] = {}
+        self.started = self.t = time.perf_counter()
+        self.vectors: np.ndarray | None = None
+        self.from_cache = self.computed = self.spot_checked = 0
+
+    def lap(self, name: str) -> None:
         now = time.perf_counter()
-        timings[name] = round(now - since, 3)
-        return now
+        self.timings[name] = round(now - self.t, 3)
+        self.t = now
 
-    t = started
-    # Before any image is read (the CLI has already run trainer.preflight): a GPU run on a
-    # node where TensorFlow sees none stops here.
-    runtime = configure(config.require_gpu,
-                        precision=config.precision if config.cache is not None else "float32")
-    images = load_images(config.data, quiet=config.quiet)
-    t = lap("read_images", t)
-    base = build_base(config.weights, config.seed, config.base_model)
-    t = lap("build_model", t)
+    def read(self) -> None:
+        config = self.config
+        # Before any image is read: a GPU run on a node where TensorFlow sees none stops here.
+        self.runtime = configure(config.require_gpu, precision=config.precision
+                                 if config.cache is not None else "float32")
+        self.images = load_images(config.data, quiet=config.quiet)
+        self.lap("read_images")
+        self.base = build_base(config.weights, config.seed, config.base_model)
+        self.lap("build_model")
 
-    from_cache = computed = spot_checked = 0
-    if config.cache is not None:
-        cache = FeatureCache.of(open_location(config.cache), base, runtime.precision)
-        features = extract_features(images, base, cache, config.batch_size, config.quiet,
-                                    spot_checks=(config.cache_check,
-                                                 config.cache_check_fraction))
-        images, vectors = features.images, features.vectors
-        from_cache, computed = features.from_cache, features.computed
-        spot_checked = features.spot_checked
-        log.info("features: %d from cache (%d of them recomputed and checked), %d computed "
-                 "with %s", from_cache, spot_checked, computed, base.name)
-    else:
-        images = decodable(images, config.batch_size)
-    t = lap("features", t)
-    if images.skipped:
-        log.warning("skipped %d files (listed in the report): %s", len(images.skipped),
-                    "; ".join(f"{s.path}: {s.reason}" for s in images.skipped[:5]) +
-                    (" ..." if len(images.skipped) > 5 else ""))
-    check_class_sizes(images, config.data, with_test=config.test_split > 0)
-
-    train, val, test = split_with_test(images.labels, config.val_split, config.test_split,
-                                       config.seed)
-    fit_args = dict(epochs=config.epochs, batch_size=config.batch_size,
-                    learning_rate=config.learning_rate, seed=config.seed,
-                    verbose=0 if config.quiet else 2)
-    n_classes = len(images.classes)
-    if config.cache is not None:
-        fit = fit_on_features(vectors[train], images.labels[train], vectors[val],
-                              images.labels[val], n_classes, **fit_args)
-    else:
-        # --no-cache keeps the images in memory (the seed recipe, for small sets).
-        fit = fit_end_to_end(base, list(take(images.contents, train)), images.labels[train],
-                             list(take(images.contents, val)), images.labels[val], n_classes,
-                             **fit_args)
-    t = lap("train", t)
-
-    validation = classification_metrics(images.classes, images.labels[val],
-                                         fit.val_probabilities)
-    validation["loss"] = fit.history["val_loss"][-1]
-    validation["predictions"] = [
-        {"path": images.paths[i], "true": images.classes[images.labels[i]],
-         "label": images.classes[int(np.argmax(p))], "scores": [round(float(x), 6) for x in p]}
-        for i, p in zip(val, fit.val_probabilities, strict=True)]
-    metrics = {
-        "model_name": config.model_name,
-        "classes": images.classes,
-        "history": fit.history,
-        "validation": validation,
-        "images": _image_counts(images, train, val, test),
-        "skipped": [{"path": s.path, "reason": s.reason} for s in images.skipped],
-        "base_model": base.describe(),
-        "features": {"cache": config.cache, "from_cache": from_cache, "computed": computed,
-                     "spot_checked": spot_checked, "precision": runtime.precision,
-                     "precision_from": runtime.precision_from},
-        "timings_s": timings,
-        "runtime": {"devices": runtime.devices, "threads": runtime.threads},
-    }
-    if len(test):  # held out of training and validation: the seed recipe's test metrics
-        # Scored in float32, as the exported graph (TF Serving) will score them.
-        if config.cache is None:
-            probabilities = predict_images(base, fit.head, list(take(images.contents, test)),
-                                           config.batch_size)
+    def features(self) -> None:
+        config, images, base = self.config, self.images, self.base
+        if config.cache is not None:
+            cache = FeatureCache.of(open_location(config.cache), base, self.runtime.precision)
+            features = extract_features(images, base, cache, config.batch_size, config.quiet,
+                                        spot_checks=(config.cache_check,
+                                                     config.cache_check_fraction))
+            images, self.vectors = features.images, features.vectors
+            self.from_cache, self.computed = features.from_cache, features.computed
+            self.spot_checked = features.spot_checked
+            log.info("features: %d from cache (%d of them recomputed and checked), %d "
+                     "computed with %s", self.from_cache, self.spot_checked, self.computed,
+                     base.name)
         else:
-            test_vectors = vectors[test] if runtime.precision == "float32" else \
-                float32_features(take(images.contents, test), base, config.batch_size)
-            probabilities = predict_features(fit.head, test_vectors, config.batch_size)
-        tested = classification_metrics(images.classes, images.labels[test], probabilities)
-        tested["loss"] = _cross_entropy(probabilities, images.labels[test])
-        metrics["test"] = tested
-        log.info("test: accuracy %.4f, loss %.4f on %d held-out images", tested["accuracy"],
-                 tested["loss"], len(test))
-    result = JobResult(None, None, metrics, fit, base, images, val)
+            images = decodable(images, config.batch_size)
+        self.images = images
+        self.lap("features")
+        if images.skipped:
+            log.warning("skipped %d files (listed in the report): %s", len(images.skipped),
+                        "; ".join(f"{s.path}: {s.reason}" for s in images.skipped[:5]) +
+                        (" ..." if len(images.skipped) > 5 else ""))
+        check_class_sizes(images, config.data, with_test=config.test_split > 0)
 
-    gates = [("validation", validation["accuracy"], config.min_val_accuracy,
-              "--min-val-accuracy")]
-    if "test" in metrics:
-        gates.append(("test", metrics["test"]["accuracy"], config.min_test_accuracy,
-                      "--min-test-accuracy"))
-    for name, accuracy, minimum, flag in gates:
-        if accuracy < minimum:
-            with tempfile.TemporaryDirectory(prefix="trainer-report-") as work:
-                write_report(Path(work), metrics, fit.history)
-                _copy_report(Path(work), config.report_dir)
-            raise GateNotMet(f"{name} accuracy {accuracy:.4f} is below {flag} {minimum}; "
-                             "nothing published")
+    def fit(self) -> None:
+        config, images = self.config, self.images
+        self.train, self.val, self.test = split_with_test(
+            images.labels, config.val_split, config.test_split, config.seed)
+        train, val = self.train, self.val
+        fit_args = dict(epochs=config.epochs, batch_size=config.batch_size,
+                        learning_rate=config.learning_rate, seed=config.seed,
+                        verbose=0 if config.quiet else 2)
+        n_classes = len(images.classes)
+        if config.cache is not None:
+            self.result_fit = fit_on_features(
+                self.vectors[train], images.labels[train], self.vectors[val],
+                images.labels[val], n_classes, **fit_args)
+        else:
+            # --no-cache keeps the images in memory (the seed recipe, for small sets).
+            self.result_fit = fit_end_to_end(
+                self.base, list(take(images.contents, train)), images.labels[train],
+                list(take(images.contents, val)), images.labels[val], n_classes, **fit_args)
+        self.lap("train")
 
-    # Assemble the version next to a local output, so publishing is a rename, not a copy.
-    output = open_location(config.output)
-    work_root = None
-    if isinstance(output, LocalLocation):
-        work_root = output.root / config.model_name
-        work_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}trainer-", dir=work_root) as work:
-        version_dir = Path(work) / "version"
+    def measure(self) -> None:
+        config, images, fit, runtime = self.config, self.images, self.result_fit, self.runtime
+        val, test = self.val, self.test
+        validation = classification_metrics(images.classes, images.labels[val],
+                                             fit.val_probabilities)
+        validation["loss"] = fit.history["val_loss"][-1]
+        validation["predictions"] = [
+            {"path": images.paths[i], "true": images.classes[images.labels[i]],
+             "label": images.classes[int(np.argmax(p))],
+             "scores": [round(float(x), 6) for x in p]}
+            for i, p in zip(val, fit.val_probabilities, strict=True)]
+        self.metrics = metrics = {
+            "model_name": config.model_name,
+            "classes": images.classes,
+            "history": fit.history,
+            "validation": validation,
+            "images": _image_counts(images, self.train, val, test),
+            "skipped": [{"path": s.path, "reason": s.reason} for s in images.skipped],
+            "base_model": self.base.describe(),
+            "features": {"cache": config.cache, "from_cache": self.from_cache,
+                         "computed": self.computed, "spot_checked": self.spot_checked,
+                         "precision": runtime.precision,
+                         "precision_from": runtime.precision_from},
+            "timings_s": self.timings,
+            "runtime": {"devices": runtime.devices, "threads": runtime.threads},
+        }
+        if len(test):  # held out of training and validation: the seed recipe's test metrics
+            # Scored in float32, as the exported graph (TF Serving) will score them.
+            if config.cache is None:
+                probabilities = predict_images(self.base, fit.head,
+                                               list(take(images.contents, test)),
+                                               config.batch_size)
+            else:
+                test_vectors = self.vectors[test] if runtime.precision == "float32" else \
+                    float32_features(take(images.contents, test), self.base,
+                                     config.batch_size)
+                probabilities = predict_features(fit.head, test_vectors, config.batch_size)
+            tested = classification_metrics(images.classes, images.labels[test], probabilities)
+            tested["loss"] = _cross_entropy(probabilities, images.labels[test])
+            metrics["test"] = tested
+            log.info("test: accuracy %.4f, loss %.4f on %d held-out images",
+                     tested["accuracy"], tested["loss"], len(test))
+        self.result = JobResult(None, None, metrics, fit, self.base, images, val)
+
+    def gate(self) -> None:
+        config, metrics = self.config, self.metrics
+        gates = [("validation", metrics["validation"]["accuracy"], config.min_val_accuracy,
+                  "--min-val-accuracy")]
+        if "test" in metrics:
+            gates.append(("test", metrics["test"]["accuracy"], config.min_test_accuracy,
+                          "--min-test-accuracy"))
+        for name, accuracy, minimum, flag in gates:
+            if accuracy < minimum:
+                with tempfile.TemporaryDirectory(prefix="trainer-report-") as work:
+                    write_report(Path(work), metrics, self.result_fit.history)
+                    _copy_report(Path(work), config.report_dir)
+                raise GateNotMet(f"{name} accuracy {accuracy:.4f} is below {flag} "
+                                 f"{minimum}; nothing published")
+
+    def publish(self) -> JobResult:
+        config = self.config
+        # Assemble the version next to a local output, so publishing is a rename, not a copy.
+        output = open_location(config.output)
+        work_root = None
+        if isinstance(output, LocalLocation):
+            work_root = output.root / config.model_name
+            work_root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}trainer-",
+                                         dir=work_root) as work:
+            version_dir = Path(work) / "version"
+            self._assemble(version_dir)
+            version = config.version or int(time.time())
+            full_config = config.resolved(version).to_json()
+            write_config(version_dir / REPORT_SUBDIR, shipped_config(full_config))
+            self._sign(version_dir, version)
+            files = list_version_files(version_dir)
+            _copy_report(version_dir / REPORT_SUBDIR, config.report_dir, self.metrics,
+                         full_config)
+            self.result.uri = publish(version_dir, files, self._manifest(version, files),
+                                      config.output, config.model_name, version,
+                                      quiet=config.quiet)
+            self.result.version = version
+        return self.result
+
+    def _assemble(self, version_dir: Path) -> None:
+        """The SavedModel, its warmup records and the report; the export checked against
+        the head (and the cached validation features against their images)."""
+        config, fit, metrics = self.config, self.result_fit, self.metrics
         report_dir = version_dir / REPORT_SUBDIR
         # The plots are drawn while TensorFlow writes the SavedModel.
         with ThreadPoolExecutor(1) as pool:
             plots = pool.submit(write_plots, report_dir, metrics, fit.history)
             # Warmup records are drawn, not taken from the dataset: a published model
             # carries none of the user's images.
-            serve = export_saved_model(full_model(base, fit.head), images.classes,
-                                       version_dir, warmup_images())
+            self.serve = export_saved_model(full_model(self.base, fit.head),
+                                            self.images.classes, version_dir,
+                                            warmup_images())
             plots.result()
-        t = lap("export", t)
+        self.lap("export")
         if config.cache is not None:
             metrics["cross_check"] = cross_check(
-                serve, base, fit.head, take(images.contents, val), vectors[val],
-                images.labels[val], runtime.precision, config.batch_size)
-            t = lap("cross_check", t)
-        timings["total_before_publish"] = round(t - started, 3)
+                self.serve, self.base, fit.head, take(self.images.contents, self.val),
+                self.vectors[self.val], self.images.labels[self.val], self.runtime.precision,
+                config.batch_size)
+            self.lap("cross_check")
+        self.timings["total_before_publish"] = round(self.t - self.started, 3)
         write_metrics(report_dir, shipped_metrics(metrics))
 
-        version = config.version or int(time.time())
-        full_config = config.resolved(version).to_json()
-        write_config(report_dir, shipped_config(full_config))
+    def _sign(self, version_dir: Path, version: int) -> None:
+        config = self.config
         # What this version is, in a file the signature covers (the manifest is unsigned).
         (version_dir / IDENTITY_FILE).write_bytes(
-            identity_bytes(config.model_name, version, images.classes))
+            identity_bytes(config.model_name, version, self.images.classes))
         if config.signing_key is not None:
             key = SigningKey.load(config.signing_key)
             key.sign(version_dir)  # over every file so far; the manifest then lists model.sig
-            result.signed_by = key.key_id
+            self.result.signed_by = key.key_id
             log.info("signed version %d with key %s (%s)", version, key.key_id, SIGNATURE_FILE)
         else:
             log.info("no --signing-key: version %d is published unsigned", version)
-        files = list_version_files(version_dir)
-        manifest = build_manifest(
+
+    def _manifest(self, version: int, files) -> dict:
+        config, images, metrics = self.config, self.images, self.metrics
+        validation = metrics["validation"]
+        return build_manifest(
             model_name=config.model_name, version=version, classes=images.classes,
-            base_model={**base.describe(), "feature_precision": runtime.precision},
+            base_model={**self.base.describe(),
+                        "feature_precision": self.runtime.precision},
             input_spec={"image_size": list(IMAGE_SIZE), "preprocessing": PREPROCESSING,
                         "preprocessing_version": PREPROCESSING_VERSION},
             metrics={"val_accuracy": validation["accuracy"], "val_loss": validation["loss"],
-                     "train_images": len(train), "val_images": len(val),
+                     "train_images": len(self.train), "val_images": len(self.val),
                      **({"test_accuracy": metrics["test"]["accuracy"],
-                         "test_loss": metrics["test"]["loss"], "test_images": len(test)}
+                         "test_loss": metrics["test"]["loss"], "test_images": len(self.test)}
                         if "test" in metrics else {})},
             dataset={"uri": config.data, "fingerprint": images.fingerprint(),
                      "images": len(images), "skipped": len(images.skipped)},
             files=files)
-        _copy_report(report_dir, config.report_dir, metrics, full_config)
-        result.uri = publish(version_dir, files, manifest, config.output, config.model_name,
-                             version, quiet=config.quiet)
-        result.version = version
-    return result
 
 
 def cross_check(serve, base: BaseModel, head, val_contents, cached: np.ndarray,
