@@ -127,12 +127,21 @@ def fetch_head(remote: Location, manifest: Manifest, folder: Path,
     return [f for f in manifest.files if f not in head]
 
 
+def verify_signed_folder(folder: Path, verify_key) -> None:
+    """model-signing's full verification of a downloaded version folder, before it is used;
+    Rejected says why not."""
+    from contract.signing import SignatureError
+
+    try:
+        verify_key.verify_folder(folder)
+    except SignatureError as e:
+        raise Rejected(f"signature: {e}") from None
+
+
 def download_version(models: Location, model_name: str, version: int, folder: Path,
                      verify_key=None) -> Manifest:
     """Every file of a published version into `folder`, each checked; with `verify_key`
     (contract.signing.VerifyKey) the folder's signature too. Rejected says what is wrong."""
-    from contract.signing import SignatureError
-
     remote = models.child(str(version))
     stored = {e.path: e for e in remote.list_files()}
     if MANIFEST_FILE not in stored:
@@ -143,8 +152,5 @@ def download_version(models: Location, model_name: str, version: int, folder: Pa
     rest = fetch_head(remote, manifest, folder, verify_key)
     run_parallel(lambda f: fetch_file(remote, f, folder), rest, DOWNLOAD_WORKERS)
     if verify_key is not None:
-        try:
-            verify_key.verify_folder(folder)
-        except SignatureError as e:
-            raise Rejected(f"signature: {e}") from None
+        verify_signed_folder(folder, verify_key)
     return manifest

@@ -32,7 +32,7 @@ from contract.errors import EXIT_OK, EXIT_STORAGE, InputError, UserError
 from contract.labels import MAX_LABELS_BYTES, Labels, LabelsError, parse_labels
 from contract.manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest
 from contract.names import LABELS_OBJECT, STAGING_PREFIX, parse_version
-from contract.signing import SignatureError, VerifyKey
+from contract.signing import VerifyKey
 from contract.storage import (
     ByteProgress,
     FileEntry,
@@ -49,6 +49,7 @@ from contract.versions import (  # noqa: F401 (Rejected and read_manifest: servi
     fetch_file,
     fetch_head,
     read_manifest,
+    verify_signed_folder,
 )
 from serving import defaults
 from serving.layout import SAVED_MODEL, base_path_problem
@@ -406,7 +407,7 @@ class Puller:
             if not self.source.child(str(version)).exists(MANIFEST_FILE):
                 raise deleted
             if self.verify_key is not None:
-                self._verify(self.verify_key.verify_folder, staging)
+                verify_signed_folder(staging, self.verify_key)
             (staging / MANIFEST_FILE).write_text(manifest_text(manifest))
             os.chmod(staging, 0o755)  # mkdtemp makes it private; the server may be another user
             os.rename(staging, self.dest / str(version))
@@ -417,13 +418,6 @@ class Puller:
             if self.verify_key is not None else ""
         log.info("installed version %d of %s (%d files, %.1f MB%s)", version, self.model_name,
                  len(manifest.files), sum(f.size for f in manifest.files) / 1e6, signed)
-
-    @staticmethod
-    def _verify(check, *args):
-        try:
-            return check(*args)
-        except SignatureError as e:
-            raise Rejected(f"signature: {e}") from None
 
     def _download(self, version: int, manifest: Manifest, stored: dict[str, FileEntry],
                   staging: Path) -> None:
@@ -500,13 +494,17 @@ class Puller:
                 failures += 1
                 if self.metrics is not None:
                     self.metrics.failed()
-                reason = str(e) if isinstance(e, UserError) else \
-                    f"local folder: {e.strerror or e}: {getattr(e, 'filename', '') or ''}"
+                reason = str(e) if isinstance(e, UserError) else f"local folder: {_os_error(e)}"
                 log.warning("sync failed (%s); keeping local versions %s; retrying", reason,
                             self._local_or_unknown())
             delay = interval if not failures else min(interval * 2 ** (failures - 1),
                                                       max(interval, BACKOFF_MAX_S))
             stop.wait(delay)
+
+
+def _os_error(e: OSError) -> str:
+    """An OSError of the local folder as one line: what, and on which path."""
+    return f"{e.strerror or e}: {getattr(e, 'filename', '') or ''}"
 
 
 def manifest_text(manifest: Manifest) -> str:
@@ -533,8 +531,7 @@ def run_once_status(puller: Puller) -> tuple[int, str]:
             return EXIT_OK, (f"cannot sync ({e}); serving the local versions {local}")
         return e.exit_code, str(e)
     except OSError as e:  # the local folder: not writable, full, not a folder
-        return EXIT_STORAGE, (f"cannot write --dest {puller.dest_shown}: "
-                              f"{e.strerror or e}: {getattr(e, 'filename', '') or ''}")
+        return EXIT_STORAGE, f"cannot write --dest {puller.dest_shown}: {_os_error(e)}"
     if result.local:
         signed = f" (signatures verified with key {puller.verify_key.key_id})" \
             if puller.verify_key is not None else ""
