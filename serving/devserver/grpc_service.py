@@ -74,6 +74,19 @@ def _fill_spec(response, servable, signature_name: str) -> None:
     response.model_spec.signature_name = signature_name
 
 
+def _add_classifications(result, classifications) -> None:
+    """A ClassificationResult: per example, its (label, score)s."""
+    for classes in classifications:
+        entry = result.classifications.add()
+        for label, score in classes:
+            entry.classes.add(label=label, score=score)
+
+
+def _add_regressions(result, values) -> None:
+    for value in values:
+        result.regressions.add(value=value)
+
+
 class _Call:
     """Runs one RPC: ServingErrors abort with their code; metrics when `api` is given."""
 
@@ -132,10 +145,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                                               timeout=context.time_remaining())
             response = classification_pb2.ClassificationResponse()
             _fill_spec(response, servable, signature.name)
-            for classes in results:
-                entry = response.result.classifications.add()
-                for label, score in classes:
-                    entry.classes.add(label=label, score=score)
+            _add_classifications(response.result, results)
             return response
 
     def GetModelMetadata(self, request, context):
@@ -163,8 +173,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                                             timeout=context.time_remaining())
             response = regression_pb2.RegressionResponse()
             _fill_spec(response, servable, signature.name)
-            for value in values:
-                response.result.regressions.add(value=value)
+            _add_regressions(response.result, values)
             return response
 
     def MultiInference(self, request, context):
@@ -187,17 +196,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response = inference_pb2.MultiInferenceResponse()
             for task, (kind, values) in zip(request.tasks, results, strict=True):
                 result = response.results.add()
-                result.model_spec.name = servable.model_name
-                result.model_spec.version.value = servable.version
-                result.model_spec.signature_name = task.model_spec.signature_name
+                _fill_spec(result, servable, task.model_spec.signature_name)
                 if kind == "classify":
-                    for classes in values:
-                        entry = result.classification_result.classifications.add()
-                        for label, score in classes:
-                            entry.classes.add(label=label, score=score)
+                    _add_classifications(result.classification_result, values)
                 else:
-                    for value in values:
-                        result.regression_result.regressions.add(value=value)
+                    _add_regressions(result.regression_result, values)
             return response
 
 

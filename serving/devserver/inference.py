@@ -78,14 +78,20 @@ def check_predict_inputs(signature: Signature, inputs: dict, output_filter: list
         seen.add(alias)
 
 
-def classify_signature(servable: Servable, name: str) -> Signature:
-    """TF Serving's checks for a signature used with the Classify API (classifier.cc)."""
+def _named_signature(servable: Servable, name: str, check) -> Signature:
+    """The signature `name` (serving_default when empty), passed through `check`: the
+    lookup classifier.cc and regressor.cc share."""
     name = name or SERVING_DEFAULT
     signature = servable.signature(name)
     if signature is None:
         raise invalid_argument(f"No signature was found with the name: {name}")
-    _classify_names(signature)
+    check(signature)
     return signature
+
+
+def classify_signature(servable: Servable, name: str) -> Signature:
+    """TF Serving's checks for a signature used with the Classify API (classifier.cc)."""
+    return _named_signature(servable, name, _classify_names)
 
 
 REGRESS_INPUT, REGRESS_OUTPUT = "inputs", "outputs"  # kRegressInputs, kRegressOutputs
@@ -97,12 +103,7 @@ def regress_signature(servable: Servable, name: str) -> Signature:
     """TF Serving's checks for a signature used with the Regress API (regressor.cc,
     GetRegressionSignatureDef and PreProcessRegression, without the method-name check,
     which --enable_signature_method_name_check turns on and is off by default)."""
-    name = name or SERVING_DEFAULT
-    signature = servable.signature(name)
-    if signature is None:
-        raise invalid_argument(f"No signature was found with the name: {name}")
-    _regress_names(signature)
-    return signature
+    return _named_signature(servable, name, _regress_names)
 
 
 def _regress_names(signature: Signature) -> None:

@@ -145,9 +145,6 @@ class Servable:
         found = {alias: np.asarray(v) for alias, v in zip(wanted, values, strict=True)}
         return {alias: found[alias] for alias in (outputs or signature.outputs)}
 
-    def close(self) -> None:
-        self.session.close()
-
 
 def read_signature_defs(version_dir: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
     try:
