@@ -148,9 +148,10 @@ def peak_kb() -> int:
         return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
 
 
-def test_hostile_gifs_are_flagged_per_item_and_never_decoded():
-    """In the graph every request runs: the crafted GIFs get their reason, the good image
-    its pixels; the process never holds what the frames would have decoded to."""
+def preprocess_in_a_child(prelude: str, batch: str) -> tuple[list, list, int]:
+    """(positions, errors, MB the process's peak grew by) of preprocess_batch on `batch` (a
+    Python expression, after `prelude`), in a fresh process warmed up first, so its peak
+    is this call's alone."""
     import json
     import subprocess
     import sys
@@ -161,13 +162,12 @@ def test_hostile_gifs_are_flagged_per_item_and_never_decoded():
 import json, sys
 import tensorflow as tf
 sys.path.insert(0, {str(REPO)!r})
-from tests.unit.test_preprocessing import MANY_BLOCKS, RED, encode, hostile_gif
+from tests.unit.test_preprocessing import MANY_BLOCKS, RED, encode, hostile_gif, peak_kb
 from trainer.preprocessing import preprocess_batch
-from tests.unit.test_preprocessing import peak_kb
-batch = [hostile_gif(6000, 3), hostile_gif(3000, 12), MANY_BLOCKS, encode(RED, "JPEG")]
+{prelude}
 preprocess_batch(tf.constant([encode(RED, "PNG")]))  # traced and warm before measuring
 before = peak_kb()
-images, positions, errors = preprocess_batch(tf.constant(batch))
+images, positions, errors = preprocess_batch(tf.constant({batch}))
 after = peak_kb()
 print(json.dumps([positions.numpy().tolist(), [e.decode() for e in errors.numpy()],
                   (after - before) // 1024]))
@@ -175,7 +175,14 @@ print(json.dumps([positions.numpy().tolist(), [e.decode() for e in errors.numpy(
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    positions, errors, grown_mb = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_hostile_gifs_are_flagged_per_item_and_never_decoded():
+    """In the graph every request runs: the crafted GIFs get their reason, the good image
+    its pixels; the process never holds what the frames would have decoded to."""
+    positions, errors, grown_mb = preprocess_in_a_child("", (
+        '[hostile_gif(6000, 3), hostile_gif(3000, 12), MANY_BLOCKS, encode(RED, "JPEG")]'))
     assert positions == [3]
     assert errors == ["image too large (108 megapixels)", "image too large (108 megapixels)",
                       "truncated or corrupt image", ""]
@@ -187,37 +194,14 @@ def test_one_calls_decoding_stays_within_its_memory_budget(tmp_path):
     """Issue 27: four progressive 100 MP JPEGs (1.2 MB each, under the 100 MP guard) took
     +1.2 GB to decode four at a time, beside three 0.55 GB versions in a 4 GiB pod. Images
     over 25 MP are now decoded one at a time: measured +0.6 GB."""
-    import json
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     side = 9999  # 99.98 MP: just within MAX_IMAGE_PIXELS
     big = Image.new("RGB", (side, side), (120, 30, 200))
     big.paste(Image.new("RGB", (64, 64), (0, 250, 0)), (0, 0))
     path = tmp_path / "big.jpg"
     big.save(path, "JPEG", progressive=True, quality=90)
     del big
-    code = f"""
-import json, sys
-import tensorflow as tf
-sys.path.insert(0, {str(REPO)!r})
-from tests.unit.test_preprocessing import RED, encode
-from trainer.preprocessing import preprocess_batch
-from tests.unit.test_preprocessing import peak_kb
-big = open({str(path)!r}, "rb").read()
-preprocess_batch(tf.constant([encode(RED, "PNG")]))  # traced and warm before measuring
-before = peak_kb()
-images, positions, errors = preprocess_batch(tf.constant([big] * 4 + [encode(RED, "JPEG")]))
-after = peak_kb()
-print(json.dumps([positions.numpy().tolist(), [e.decode() for e in errors.numpy()],
-                  (after - before) // 1024]))
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    positions, errors, grown_mb = json.loads(proc.stdout.strip().splitlines()[-1])
+    positions, errors, grown_mb = preprocess_in_a_child(
+        f"big = open({str(path)!r}, 'rb').read()", '[big] * 4 + [encode(RED, "JPEG")]')
     assert positions == [0, 1, 2, 3, 4] and errors == [""] * 5  # all decoded, in order
     # The serving pod's 4 GiB holds three versions (1.65 GB), TensorFlow and a batch's
     # activations: one call's decoding gets less than 1 GB.
