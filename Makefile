@@ -85,7 +85,7 @@ docs: install
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 lint: install
-	$(PY) -m ruff check contract trainer serving tools tests
+	$(PY) -m ruff check commandline contract trainer serving tools tests
 	$(VENV)/bin/hadolint trainer/Dockerfile serving/Dockerfile serving/puller.Dockerfile
 
 manifests: install

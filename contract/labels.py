@@ -16,6 +16,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from contract.errors import InputError
 from contract.names import LABELS_OBJECT, MAX_VERSION
 
 FORMAT = 1
@@ -28,7 +29,7 @@ MAX_HISTORY = 10  # previous versions remembered per label
 LABEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 
-class LabelsError(ValueError):
+class LabelsError(InputError, ValueError):
     """The labels object is malformed, too big, for another model, or names a bad version."""
 
 

@@ -5,26 +5,19 @@ from __future__ import annotations
 
 import click
 
-from contract.console import quiet_native_logs
+from commandline import Group
+from commandline.native import quiet_native_logs
 from serving.commands import client, local, pull, store
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(cls=Group)
 def cli() -> None:
     """Serve, pull and query VGG16 transfer models with TensorFlow Serving's API."""
 
 
-for command in (local.local, pull.pull, pull.verify, store.label, store.promote,
+for command in (local.local, pull.pull, pull.verify, store.label,
                 store.rollback, store.gc, client.classify, client.status, client.metadata):
     cli.add_command(command)
-
-
-def _show_envvars(group: click.Group) -> None:
-    """`--help` names the environment variable each option reads (containers set them)."""
-    for command in group.commands.values():
-        for param in command.params:
-            if isinstance(param, click.Option) and param.envvar:
-                param.show_envvar = True
 
 
 def main() -> None:
@@ -35,6 +28,3 @@ def main() -> None:
     # script both come here.)
     quiet_native_logs()
     cli(prog_name="serving")
-
-
-_show_envvars(cli)  # last: after every command is added

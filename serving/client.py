@@ -20,7 +20,7 @@ import base64
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract.errors import EXIT_BAD_INPUT, EXIT_STORAGE
+from contract.errors import EXIT_BAD_INPUT, EXIT_STORAGE, UserError
 from contract.image_formats import ERROR_NOT_AN_IMAGE, sniff
 from contract.names import ERROR_OUTPUT, IMAGE_BYTES_INPUT, SERVING_DEFAULT
 from serving import defaults, protos
@@ -35,7 +35,9 @@ BALANCED_SCHEMES = ("dns:", "ipv4:", "ipv6:")
 DEFAULT_BATCH = defaults.CLIENT_BATCH
 
 
-class ClientError(Exception):
+class ClientError(UserError):
+    """A call that failed: one line, and exit 2 (the server refused it) or 3 (unreachable)."""
+
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code

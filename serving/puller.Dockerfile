@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The model puller: `python -m serving pull ...` on a slim Python image. It holds the
-# contract package and serving/ only (no trainer/, no TensorFlow); the client commands need
+# commandline and contract packages and serving/ only (no trainer/, no TensorFlow); the client commands need
 # the project's full environment.
 #   docker build -f serving/puller.Dockerfile -t vgg16-transfer/puller:0.1.0 .
 # Only the puller's own dependencies are installed (requirements/puller.lock, hashed: boto3,
@@ -20,6 +20,7 @@ COPY requirements/puller.lock requirements/puller.lock
 RUN pip install --no-deps --require-hashes -r requirements/puller.lock
 
 COPY pyproject.toml README.md ./
+COPY commandline/ commandline/
 COPY contract/ contract/
 COPY serving/ serving/
 # /models is created owned by the puller so an empty Docker volume mounted there starts

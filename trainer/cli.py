@@ -8,16 +8,15 @@ gate): nothing published.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
-import sys
 import time
 
 import click
 
-from contract.console import native_output, quiet_native_logs
-from contract.errors import UserError
+from commandline import Group, is_quiet
+from commandline.native import quiet_native_logs
+from contract.labels import DEFAULT_LABEL
 from trainer import config as defaults
 from trainer.precision import CHOICES as PRECISION_CHOICES
 
@@ -28,24 +27,11 @@ from trainer.precision import CHOICES as PRECISION_CHOICES
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
-def _fail(error: UserError) -> None:
-    click.echo(f"error: {error}", err=True)
-    sys.exit(error.exit_code)
-
-
 def _terminate_on_sigterm() -> None:
     """SIGTERM (Kubernetes stopping the Job) unwinds like Ctrl-C, so cleanup code runs."""
     def handler(signum, _frame):
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, handler)
-
-
-def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # TensorFlow's SavedModel writer and botocore narrate at INFO; keep the job's own lines.
-    for noisy in ("absl", "tensorflow", "botocore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def precision_option(note: str):
@@ -80,8 +66,7 @@ def base_model_options(note: str):
     return decorate
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"],
-                               "show_default": True, "max_content_width": 100})
+@click.group(cls=Group)
 def cli() -> None:
     """Fine-tune a frozen VGG16 on a labelled image set and publish it for TF Serving."""
 
@@ -143,46 +128,27 @@ def cli() -> None:
               envvar="SIGNING_KEY",
               help="PEM EC private key (P-256/384/521): sign the version with OpenSSF model "
                    "signing (model.sig). Without it the version is published unsigned.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
-@click.option("--verbose", is_flag=True,
-              help="Also show TensorFlow's native start-up and log lines.")
-def train(data, output, model_name, epochs, batch_size, learning_rate, val_split, seed,
-          base_model, weights, cache, no_cache, cache_check, cache_check_fraction, precision,
-          min_val_accuracy,
-          test_split, min_test_accuracy, version, report_dir, require_gpu, signing_key, quiet,
-          verbose) -> None:
+def train(no_cache, **options) -> None:
     """Train the softmax head on a frozen VGG16 (or another --base-model) and publish a
     SavedModel version."""
-    if cache and no_cache:
+    if options["cache"] and no_cache:
         raise click.UsageError("--cache and --no-cache exclude each other")
-    if not no_cache and cache is None:
+    if no_cache:
+        options["cache"] = None  # the notebook's way: TrainConfig's cache=None
+    elif options["cache"] is None:
         from platformdirs import user_cache_dir
-        cache = f"{user_cache_dir('vgg16-transfer')}/features"
-    native_output(verbose)
-    _setup_logging(quiet)
+        options["cache"] = f"{user_cache_dir('vgg16-transfer')}/features"
     _terminate_on_sigterm()
     started = time.perf_counter()
-    try:
-        from trainer.config import TrainConfig
-        from trainer.preflight import preflight
+    from trainer.config import TrainConfig
+    from trainer.preflight import preflight
 
-        config = TrainConfig(data=data, output=output, model_name=model_name, epochs=epochs,
-                             batch_size=batch_size, learning_rate=learning_rate,
-                             val_split=val_split, seed=seed, base_model=base_model,
-                             weights=weights,
-                             cache=None if no_cache else cache, cache_check=cache_check,
-                             cache_check_fraction=cache_check_fraction,
-                             precision=precision,
-                             min_val_accuracy=min_val_accuracy, test_split=test_split,
-                             min_test_accuracy=min_test_accuracy, version=version,
-                             report_dir=report_dir, require_gpu=require_gpu,
-                             signing_key=signing_key, quiet=quiet)
-        preflight(config)  # in seconds, before TensorFlow is even imported
-        from trainer.job import run
+    # The options are TrainConfig's fields, by name (tests/unit/test_cli.py holds them equal).
+    config = TrainConfig(quiet=is_quiet(), **options)
+    preflight(config)  # in seconds, before TensorFlow is even imported
+    from trainer.job import run
 
-        result = run(config)
-    except UserError as e:
-        _fail(e)
+    result = run(config)
     m = result.metrics
     tested = f", test_accuracy {m['test']['accuracy']:.4f}" if "test" in m else ""
     held_out = f" / {m['images']['test']} test" if m["images"]["test"] else ""
@@ -196,6 +162,7 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
     from trainer.job import REPORT_SUBDIR
     from trainer.report import CONFUSION_FILE, CURVES_FILE
 
+    report_dir = options["report_dir"]
     copy = f"; a copy in {report_dir}" if report_dir else ""
     click.echo(f"report: {result.uri}/{REPORT_SUBDIR}/ (metrics.json, {CURVES_FILE}, "
                f"{CONFUSION_FILE}){copy}")
@@ -218,32 +185,24 @@ def train(data, output, model_name, epochs, batch_size, learning_rate, val_split
 @precision_option("Part of the cache's key: train with the same precision.")
 @click.option("--require-gpu", is_flag=True, envvar="REQUIRE_GPU",
               help="Fail at once (exit 3) if TensorFlow sees no GPU.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-@click.option("--verbose", is_flag=True,
-              help="Also show TensorFlow's native start-up and log lines.")
-def extract(data, cache, shard, base_model, weights, seed, batch_size, precision, require_gpu,
-            quiet, verbose) -> None:
+def extract(data, cache, shard, base_model, weights, seed, batch_size, precision,
+            require_gpu) -> None:
     """One shard of the feature pass: fill the shared cache with this shard's fc2 features.
 
     Safe to run again after a kill (it computes only what is missing) and beside other
     shards; a later `train` with the same --data, --cache, --base-model, --weights and
     --seed computes none of them."""
-    native_output(verbose)
-    _setup_logging(quiet)
     _terminate_on_sigterm()
-    try:
-        from trainer.config import resolve_weights
-        from trainer.extract import parse_shard, preflight
+    from trainer.config import resolve_weights
+    from trainer.extract import parse_shard, preflight
 
-        index, count = parse_shard(shard)
-        weights = resolve_weights(base_model, weights)
-        preflight(data, cache, base_model, weights)
-        from trainer.extract import run_extract
+    index, count = parse_shard(shard)
+    weights = resolve_weights(base_model, weights)
+    preflight(data, cache, base_model, weights)
+    from trainer.extract import run_extract
 
-        r = run_extract(data, cache, index, count, weights, seed, batch_size, quiet,
-                        require_gpu, precision, base_model)
-    except UserError as e:
-        _fail(e)
+    r = run_extract(data, cache, index, count, weights, seed, batch_size, is_quiet(),
+                    require_gpu, precision, base_model)
     click.echo(f"shard {r.index}/{r.count}: {r.images} images, features {r.from_cache} "
                f"cached / {r.computed} computed ({r.precision}), {len(r.skipped)} "
                f"skipped; {r.seconds:.1f} s")
@@ -268,26 +227,17 @@ def extract(data, cache, shard, base_model, weights, seed, batch_size, precision
 @click.option("--verify-key", type=click.Path(dir_okay=False), default=None,
               envvar="VERIFY_KEY",
               help="Score only versions signed with this public key (PEM).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-@click.option("--verbose", is_flag=True,
-              help="Also show TensorFlow's native start-up and log lines.")
-def evaluate(model, data, baseline, report_dir, batch_size, verify_key, quiet,
-             verbose) -> None:
+def evaluate(model, data, baseline, report_dir, batch_size, verify_key) -> None:
     """Score a published version on a labelled folder through its serving_default signature
     (the graph TF Serving runs), optionally against a baseline version."""
     from pathlib import Path
 
-    native_output(verbose)
-    _setup_logging(True)
-    try:
-        from contract.signing import VerifyKey
-        from trainer.evaluate import evaluate as run_evaluation
+    from contract.signing import VerifyKey
+    from trainer.evaluate import evaluate as run_evaluation
 
-        key = VerifyKey.load(verify_key) if verify_key else None
-        metrics = run_evaluation(model, data, baseline, Path(report_dir), batch_size, key,
-                                 quiet)
-    except UserError as e:
-        _fail(e)
+    key = VerifyKey.load(verify_key) if verify_key else None
+    metrics = run_evaluation(model, data, baseline, Path(report_dir), batch_size, key,
+                             is_quiet())
     for m in ([metrics["candidate"], metrics["baseline"]] if "candidate" in metrics
               else [metrics]):
         click.echo(f"version {m['version']} of {m['model']} ({m['chosen_by']}): accuracy "
@@ -306,21 +256,72 @@ def evaluate(model, data, baseline, report_dir, batch_size, verify_key, quiet,
                "misclassified.png, misclassified.html)")
 
 
+@cli.command()
+@click.option("--source", required=True, envvar="MODEL_SOURCE", metavar="URI/NAME",
+              help="The model's folder: <models-uri>/<model-name>.")
+@click.option("--candidate", type=int, required=True, envvar="CANDIDATE_VERSION",
+              help="The version to promote.")
+@click.option("--data", required=True, envvar="EVAL_DATA_URI",
+              help="Labelled images both versions are scored on (local or s3://), held out "
+                   "of training: e.g. a test set.")
+@click.option("--label", "label_name", default=DEFAULT_LABEL,
+              help="The label to move.")
+@click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=0.0,
+              help="Refuse (exit 4) when the candidate's accuracy is more than this below "
+                   "the labelled version's on --data. 0: it must be at least as good.")
+@click.option("--report-dir", type=click.Path(file_okay=False), default="promotion",
+              help="Where the evaluation's report goes (metrics.json, pictures).")
+@click.option("--batch-size", type=int, default=defaults.DEFAULT_BATCH_SIZE,
+              help="Images per call of the model.")
+@click.option("--verify-key", type=click.Path(dir_okay=False), envvar="VERIFY_KEY",
+              help="Also require both versions to be signed with this public key.")
+def promote(source, candidate, data, label_name, max_accuracy_drop, report_dir, batch_size,
+            verify_key) -> None:
+    """Move a label (stable) to a candidate version if it scores no worse on --data.
+
+    Both versions are scored as `evaluate` scores them, in this process (their
+    serving_default signatures), and the label moves in the store's _LABELS.json; pullers
+    follow it. `serving rollback` moves it back."""
+    from pathlib import Path
+
+    from contract.labels import check_label
+    from contract.model_folder import ModelFolder
+    from contract.signing import VerifyKey
+    from trainer.evaluate import evaluate as run_evaluation
+
+    key = VerifyKey.load(verify_key) if verify_key else None
+    folder = ModelFolder(source, key)
+    label_name = check_label(label_name)
+
+    def score(candidate_uri: str, baseline: str | None) -> dict:
+        return run_evaluation(candidate_uri, data, baseline, Path(report_dir), batch_size,
+                              key, is_quiet())
+
+    p = folder.promote(candidate, label_name, max_accuracy_drop, score, data)
+    if not p.moved:
+        click.echo(f"{label_name} is already version {candidate} of {folder.model_name}")
+    elif p.before is None:
+        click.echo(f"promoted: {label_name} -> {candidate} ({folder.model_name}; accuracy "
+                   f"{p.figures['candidate']:.4f} on --data; no version had the label)")
+    else:
+        f = p.figures
+        click.echo(f"promoted: {label_name} {p.before} -> {p.after} ({folder.model_name}; "
+                   f"accuracy {f['candidate']:.4f} vs {f['baseline']:.4f}, difference "
+                   f"{f['difference']:+.4f}, 95% CI {f['ci'][0]:+.4f} to {f['ci'][1]:+.4f}, "
+                   f"{f['images']} images)")
+
+
 @cli.command("sample-data")
 @click.option("--output", required=True, envvar="DATA_URI",
               help="Where to write the images: local folder or s3://bucket/prefix.")
 @click.option("--classes", "num_classes", type=int, default=2, help="Number of classes (2-8).")
 @click.option("--per-class", type=int, default=50, help="Images per class.")
 @click.option("--seed", type=int, default=0, help="Seed: the same seed writes the same images.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def sample_data(output, num_classes, per_class, seed, quiet) -> None:
+def sample_data(output, num_classes, per_class, seed) -> None:
     """Write a synthetic, visually separable labelled image set (shapes and colours)."""
     from trainer.sample_data import write_sample_data
 
-    try:
-        n = write_sample_data(output, num_classes, per_class, seed, quiet)
-    except UserError as e:
-        _fail(e)
+    n = write_sample_data(output, num_classes, per_class, seed, is_quiet())
     click.echo(f"wrote {n} images ({num_classes} classes x {per_class}) to {output}")
 
 
@@ -329,28 +330,13 @@ def sample_data(output, num_classes, per_class, seed, quiet) -> None:
               help="Local folder with one sub-folder per class.")
 @click.option("--to", "to", required=True, envvar="DATA_URI",
               help="Where the dataset goes: s3://bucket/prefix (or a folder).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def upload(data, to, quiet) -> None:
+def upload(data, to) -> None:
     """Copy a local image folder into object storage, skipping files already there."""
     from trainer.upload import upload_folder
 
-    try:
-        result = upload_folder(data, to, quiet)
-    except UserError as e:
-        _fail(e)
+    result = upload_folder(data, to, is_quiet())
     click.echo(f"uploaded {result.uploaded} files ({result.bytes / 1e6:.1f} MB) to {to}; "
                f"{result.skipped} already there")
-
-
-def _show_envvars(group: click.Group) -> None:
-    """`--help` names the environment variable each option reads (containers set them)."""
-    for command in group.commands.values():
-        for param in command.params:
-            if isinstance(param, click.Option) and param.envvar:
-                param.show_envvar = True
-
-
-_show_envvars(cli)
 
 
 def main() -> None:

@@ -75,6 +75,8 @@ def _publish_remote(version_dir: Path, files: list[ManifestFile], models: Locati
         target.delete(existing)
 
     total = sum(f.size for f in files)
+    log.info("uploading version %d to %s: %d files, %.1f MB", version, target.uri, len(files),
+             total / 1e6)
     bar = tqdm(total=total, desc=f"uploading version {version}", unit="B", unit_scale=True,
                unit_divisor=1024, disable=quiet)
     try:

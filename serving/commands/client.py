@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import click
 
-from contract.console import native_output
-from contract.errors import EXIT_BAD_INPUT
+from commandline import Command
+from contract.errors import InputError
 from serving import defaults
 
 
@@ -16,8 +15,6 @@ def _server_options(f):
     f = click.option("--wait", "wait_s", type=float, default=0.0,
                      help="First wait up to this many seconds for the model to be AVAILABLE "
                           "(a server still starting); 0: do not wait.")(f)
-    f = click.option("--verbose", is_flag=True,
-                     help="Also show TensorFlow's native start-up lines.")(f)
     f = click.option("--timeout", type=float, default=defaults.CLIENT_TIMEOUT_S,
                      help="Deadline for each call, in seconds.")(f)
     f = click.option("--model-name", required=True, envvar="MODEL_NAME",
@@ -32,11 +29,10 @@ def _server_options(f):
 
 
 @contextlib.contextmanager
-def _connect(grpc_target, rest_url, timeout, verbose=False, model_name=None, wait_s=0.0):
+def _connect(grpc_target, rest_url, timeout, model_name=None, wait_s=0.0):
     """A client of the server; with wait_s, once `model_name` is AVAILABLE there."""
     from serving.client import ClientError, connect, wait_until_available
 
-    native_output(verbose)
     if bool(grpc_target) == bool(rest_url):
         raise click.UsageError("give exactly one of --grpc HOST:PORT or --rest URL")
     try:
@@ -45,21 +41,11 @@ def _connect(grpc_target, rest_url, timeout, verbose=False, model_name=None, wai
         raise click.UsageError(str(e)) from e
     with client:
         if wait_s > 0:
-            _client_call(lambda: wait_until_available(client, model_name, wait_s))
+            wait_until_available(client, model_name, wait_s)
         yield client
 
 
-def _client_call(fn):
-    from serving.client import ClientError
-
-    try:
-        return fn()
-    except ClientError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
-
-
-@click.command()
+@click.command(cls=Command)
 @_server_options
 @click.option("--version", type=int, help="Ask for this version.")
 @click.option("--label", help="Ask for the version with this label.")
@@ -68,8 +54,8 @@ def _client_call(fn):
               help="Images per request.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def classify(grpc_target, rest_url, model_name, timeout, verbose, wait_s, version, label,
-             top_k, batch_size, as_json, images) -> None:
+def classify(grpc_target, rest_url, model_name, timeout, wait_s, version, label, top_k,
+             batch_size, as_json, images) -> None:
     """Classify image files with a served model."""
     import json
 
@@ -79,9 +65,9 @@ def classify(grpc_target, rest_url, model_name, timeout, verbose, wait_s, versio
         raise click.UsageError("--version and --label exclude each other")
     if top_k < 1 or batch_size < 1:
         raise click.UsageError("--top-k and --batch-size must be at least 1")
-    with _connect(grpc_target, rest_url, timeout, verbose, model_name, wait_s) as client:
-        results = _client_call(lambda: classify_files(client, list(images), model_name,
-                                                      version, label, batch_size))
+    with _connect(grpc_target, rest_url, timeout, model_name, wait_s) as client:
+        results = classify_files(client, list(images), model_name, version, label,
+                                 batch_size)
     failed = [(path, p.error) for path, p in results if p.error]
     if as_json:
         for path, p in results:
@@ -98,34 +84,32 @@ def classify(grpc_target, rest_url, model_name, timeout, verbose, wait_s, versio
             click.echo(f"{path:<{width}}  {p.label:<16} {p.score:6.3f}  {top}")
     if failed:
         # The good images were classified and printed; the bad ones make it exit 2.
-        click.echo(f"error: {len(failed)} of {len(results)} images could not be classified "
-                   f"({failed[0][0]}: {failed[0][1]}" + (", ..." if len(failed) > 1 else "")
-                   + ")", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+        raise InputError(f"{len(failed)} of {len(results)} images could not be classified "
+                         f"({failed[0][0]}: {failed[0][1]}"
+                         + (", ..." if len(failed) > 1 else "") + ")")
 
 
-@click.command()
+@click.command(cls=Command)
 @_server_options
 @click.option("--version", type=int, help="Only this version.")
-def status(grpc_target, rest_url, model_name, timeout, verbose, wait_s, version) -> None:
+def status(grpc_target, rest_url, model_name, timeout, wait_s, version) -> None:
     """Show a served model's versions and their states."""
-    with _connect(grpc_target, rest_url, timeout, verbose, model_name, wait_s) as client:
-        versions = _client_call(lambda: client.status(model_name, version))
+    with _connect(grpc_target, rest_url, timeout, model_name, wait_s) as client:
+        versions = client.status(model_name, version)
     click.echo(f"{'version':>12}  {'state':<10} status")
     for v in versions:
         detail = v.error_code + (f": {v.error_message}" if v.error_message else "")
         click.echo(f"{v.version:>12}  {v.state:<10} {detail}")
 
 
-@click.command()
+@click.command(cls=Command)
 @_server_options
 @click.option("--version", type=int, help="Ask for this version.")
 @click.option("--label", help="Ask for the version with this label.")
-def metadata(grpc_target, rest_url, model_name, timeout, verbose, wait_s, version,
-             label) -> None:
+def metadata(grpc_target, rest_url, model_name, timeout, wait_s, version, label) -> None:
     """Show a served model's signatures (inputs and outputs)."""
-    with _connect(grpc_target, rest_url, timeout, verbose, model_name, wait_s) as client:
-        info = _client_call(lambda: client.metadata(model_name, version, label))
+    with _connect(grpc_target, rest_url, timeout, model_name, wait_s) as client:
+        info = client.metadata(model_name, version, label)
     click.echo(f"model {model_name} version {info['version']}")
     for name, sig in info["signatures"].items():
         if name.startswith("__"):  # __saved_model_init_op: the loader's, not a request's

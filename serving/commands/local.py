@@ -8,10 +8,9 @@ import sys
 
 import click
 
-from contract.console import native_output
-from contract.errors import EXIT_BAD_INPUT
+from commandline import Command
+from contract.errors import InputError
 from serving import defaults
-from serving.commands.common import fail_line as _fail_line
 
 
 def _can_bind(host: str, port: int) -> bool:
@@ -37,7 +36,8 @@ def _flag(name: str, *more: str, **kw):
     return click.option(*names, *more, name, **kw)
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.command(cls=Command,
+               context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @_flag("model_name", help="Name of the model to serve (ignored with --model-config-file). "
        "[env var: MODEL_NAME]")
 @_flag("model_base_path",
@@ -94,10 +94,8 @@ def _flag(name: str, *more: str, **kw):
        help="Also serve gRPC on this Unix socket, as TF Serving does (none by default).")
 @_flag("max_request_bytes", type=int, default=defaults.MAX_REQUEST_BYTES,
        envvar="MAX_REQUEST_BYTES", help="Largest REST request body accepted (413 above).")
-@click.option("--verbose", is_flag=True,
-              help="Also show TensorFlow's native start-up and log lines.")
 @click.pass_context
-def local(ctx, verbose, **kwargs) -> None:
+def local(ctx, **kwargs) -> None:
     """Run the development model server: TF Serving's REST and gRPC API, without Docker.
 
     Takes tensorflow_model_server's own flag spellings too (--model_name=..., --port=8500,
@@ -149,7 +147,7 @@ def local(ctx, verbose, **kwargs) -> None:
                                           if kwargs["rest_api_port"] else [])
     for what, port in ports:
         if port and not _can_bind(kwargs["host"], port):
-            _fail_line(str(PortUnavailable(what, kwargs["host"], port)), EXIT_BAD_INPUT)
+            raise InputError(str(PortUnavailable(what, kwargs["host"], port)))
     # The configuration files too (their parsers need no TensorFlow): a wrong one is one
     # line and exit 2 in a fraction of a second.
     from serving.devserver import config as cfg
@@ -161,23 +159,20 @@ def local(ctx, verbose, **kwargs) -> None:
         cfg.load_monitoring(kwargs["monitoring_config_file"])
         cfg.channel_arguments(kwargs["grpc_channel_arguments"])
     except cfg.ConfigError as e:
-        _fail_line(str(e), EXIT_BAD_INPUT)
-    native_output(verbose)
+        raise InputError(str(e)) from None
     from serving.devserver.config import ConfigError
     from serving.devserver.local import ServerOptions, serve
-    from serving.logs import setup_logging
 
-    setup_logging()
     for arg in ignored:
         logging.getLogger("serving.devserver.local").warning(
             "%s: a tensorflow_model_server flag the development server ignores", arg)
     try:
         code = serve(ServerOptions(**kwargs))
     except (ConfigError, OSError) as e:  # PortUnavailable, an unusable socket path
-        _fail_line(str(e), EXIT_BAD_INPUT)
+        raise InputError(str(e)) from None
     except ServingError as e:  # a label on a version not loaded, say
-        _fail_line(f"Failed to start server. Error: {e.code_name}: {e.message}",
-                   EXIT_BAD_INPUT)
+        raise InputError(f"Failed to start server. Error: {e.code_name}: {e.message}") \
+            from None
     except RuntimeError as e:  # initial load failed: TF Serving's message (it exits 1)
-        _fail_line(f"Failed to start server. Error: UNKNOWN: {e}", EXIT_BAD_INPUT)
+        raise InputError(f"Failed to start server. Error: UNKNOWN: {e}") from None
     sys.exit(code)

@@ -6,13 +6,14 @@ import sys
 
 import click
 
-from contract.errors import EXIT_BAD_INPUT
+from commandline import Command, is_quiet
+from contract.errors import InputError
 from contract.versions import MAX_VERSION_MIB
 from serving import defaults
 from serving.commands.common import verify_key_of as _verify_key
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--source", required=True, envvar="MODEL_SOURCE",
               help="Where the trainer publishes the model: <models uri>/<model name>, "
                    "e.g. s3://models/shapes (or a local folder).")
@@ -54,9 +55,8 @@ from serving.commands.common import verify_key_of as _verify_key
               envvar="PULL_MAX_VERSION_MIB",
               help="Refuse a version whose files add up to more than this (MiB) before "
                    "downloading it; each object is also cut off past its listed size.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def pull(source, dest, watch, interval, keep, wait_timeout, verify_key, model_config,
-         serve_newest, metrics_port, max_versions, max_version_mib, quiet) -> None:
+         serve_newest, metrics_port, max_versions, max_version_mib) -> None:
     """Bring verified model versions from object storage to a local folder.
 
     Without labels in the store: the newest --keep versions. With labels (_LABELS.json):
@@ -65,8 +65,7 @@ def pull(source, dest, watch, interval, keep, wait_timeout, verify_key, model_co
 
     Exit codes without --watch: 0 a verified version is present locally; 2 bad usage;
     3 the store cannot be reached, or holds no verified version (after --wait-timeout)."""
-    from contract.errors import EXIT_OK, UserError
-    from serving.logs import setup_logging
+    from contract.errors import EXIT_OK
     from serving.puller import (
         Puller,
         run_once_status,
@@ -76,14 +75,10 @@ def pull(source, dest, watch, interval, keep, wait_timeout, verify_key, model_co
 
     if wait_timeout < 0 or interval <= 0:
         raise click.UsageError("--wait-timeout must be >= 0 and --interval > 0")
-    setup_logging()
-    try:
-        puller = Puller(source, dest, keep=keep, quiet=quiet, verify_key=_verify_key(verify_key),
-                        model_config=model_config, serve_newest=serve_newest,
-                        max_version_mib=max_version_mib, max_versions=max_versions)
-    except UserError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
+    puller = Puller(source, dest, keep=keep, quiet=is_quiet(),
+                    verify_key=_verify_key(verify_key), model_config=model_config,
+                    serve_newest=serve_newest, max_version_mib=max_version_mib,
+                    max_versions=max_versions)
     stop = wait_for_interrupt()
     if not watch:
         code, message = wait_for_first_version(puller, wait_timeout, interval, stop) \
@@ -97,13 +92,12 @@ def pull(source, dest, watch, interval, keep, wait_timeout, verify_key, model_co
         try:
             puller.metrics.serve(metrics_port)
         except OSError as e:
-            click.echo(f"error: --metrics-port {metrics_port}: {e.strerror or e}", err=True)
-            sys.exit(EXIT_BAD_INPUT)
+            raise InputError(f"--metrics-port {metrics_port}: {e.strerror or e}") from None
     puller.watch(interval, stop)
     click.echo("stopped")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--source", required=True, metavar="URI/NAME/VERSION",
               help="One published version: <models-uri>/<model-name>/<version>.")
 @click.option("--verify-key", required=True, type=click.Path(dir_okay=False),
@@ -116,33 +110,26 @@ def verify(source, verify_key) -> None:
     import tempfile
     from pathlib import Path
 
-    from contract.errors import EXIT_OK, InputError, UserError
     from contract.manifest import MANIFEST_FILE
     from contract.names import parse_version
     from serving.puller import Puller, Rejected
 
     parent, _, version_text = source.rstrip("/").rpartition("/")
     version = parse_version(version_text)
-    try:
-        if version is None or not parent:
-            raise InputError(f"--source {source}: expected <models-uri>/<model-name>/<version> "
-                             "with a numeric version")
-        key = _verify_key(verify_key)
-        with tempfile.TemporaryDirectory(prefix="serving-verify-") as work:
-            name = parent.rsplit("/", 1)[-1]
-            puller = Puller(parent, Path(work) / name, quiet=True, verify_key=key)
-            stored = {e.path: e for e in puller.source.child(version_text).list_files()}
-            if MANIFEST_FILE not in stored:
-                raise InputError(f"{source}: no such published version (no {MANIFEST_FILE})")
-            try:
-                manifest = puller.read_manifest(version)
-                puller.install(version, manifest, stored)
-            except (Rejected, OSError, ValueError) as e:
-                click.echo(f"error: version {version} of {name} refused: {e}", err=True)
-                sys.exit(EXIT_BAD_INPUT)
-    except UserError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
+    if version is None or not parent:
+        raise InputError(f"--source {source}: expected <models-uri>/<model-name>/<version> "
+                         "with a numeric version")
+    key = _verify_key(verify_key)
+    with tempfile.TemporaryDirectory(prefix="serving-verify-") as work:
+        name = parent.rsplit("/", 1)[-1]
+        puller = Puller(parent, Path(work) / name, quiet=True, verify_key=key)
+        stored = {e.path: e for e in puller.source.child(version_text).list_files()}
+        if MANIFEST_FILE not in stored:
+            raise InputError(f"{source}: no such published version (no {MANIFEST_FILE})")
+        try:
+            manifest = puller.read_manifest(version)
+            puller.install(version, manifest, stored)
+        except (Rejected, OSError, ValueError) as e:
+            raise InputError(f"version {version} of {name} refused: {e}") from None
     click.echo(f"verified: version {version} of {name} ({len(manifest.files)} files) is "
                f"signed by key {key.key_id}")
-    sys.exit(EXIT_OK)

@@ -80,7 +80,7 @@ def test_train_publish_pull_serve_classify_and_roll_out(vgg16_s3, tiny_args, tmp
     def start_puller() -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-m", "serving", "pull", "--source", f"{models}/demo",
-             "--dest", str(dest), "--watch", "--interval", "1", "-q"], stdout=puller_log,
+             "--dest", str(dest), "--watch", "--interval", "1"], stdout=puller_log,
             stderr=subprocess.STDOUT, cwd=REPO, env=os.environ.copy())
 
     puller = start_puller()

@@ -1,5 +1,5 @@
 """The model lifecycle with a real S3 store, real trained versions and a real server:
-`trainer evaluate`, `serving promote`, `serving rollback`, and the puller and `serving local`
+`trainer evaluate`, `trainer promote`, `serving rollback`, and the puller and `serving local`
 honouring the labels (models.config with version_labels) under a steady stream of requests."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from contract.labels import Labels
+from contract.model_folder import ModelFolder
 from contract.names import IMAGE_BYTES_INPUT, LABELS_OBJECT, SERVING_DEFAULT
 from contract.storage import open_location
 from serving.server_config import Served, read_state
-from serving.store import ModelFolder
 from tests.conftest import MODELS_BUCKET, REPO, run_cli, unique
 from tools.model_server import LocalServer
 
@@ -146,7 +146,7 @@ def test_evaluate_takes_class_order_from_the_model_not_the_manifest(lifecycle, i
 def test_promote_moves_stable_only_for_a_candidate_that_is_no_worse(lifecycle, tmp_path):
     source = lifecycle["source"]
     set_labels(source, {"stable": 2}, {})  # the worse version is live
-    proc = run_cli("serving", "promote", "--source", source, "--candidate", "1", "--data",
+    proc = run_cli("trainer", "promote", "--source", source, "--candidate", "1", "--data",
                    str(lifecycle["data"]), "--report-dir", str(tmp_path / "first"))
     assert proc.returncode == 0, proc.stderr
     assert "promoted: stable 2 -> 1 (m; accuracy" in proc.stdout
@@ -154,7 +154,7 @@ def test_promote_moves_stable_only_for_a_candidate_that_is_no_worse(lifecycle, t
     assert labels.labels == {"stable": 1} and labels.history == {"stable": [2]}
     before = open_location(source).read_bytes(LABELS_OBJECT)
 
-    proc = run_cli("serving", "promote", "--source", source, "--candidate", "2", "--data",
+    proc = run_cli("trainer", "promote", "--source", source, "--candidate", "2", "--data",
                    str(lifecycle["data"]), "--report-dir", str(tmp_path / "second"))
     assert proc.returncode == 4, proc.stderr
     line = one_error(proc)
@@ -174,7 +174,7 @@ def test_promote_moves_stable_only_for_a_candidate_that_is_no_worse(lifecycle, t
 
 def test_promote_of_a_version_that_does_not_exist_is_exit_2_and_moves_nothing(lifecycle):
     set_labels(lifecycle["source"], {"stable": 1}, {})
-    proc = run_cli("serving", "promote", "--source", lifecycle["source"], "--candidate", "7",
+    proc = run_cli("trainer", "promote", "--source", lifecycle["source"], "--candidate", "7",
                    "--data", str(lifecycle["data"]))
     assert proc.returncode == 2
     assert "version 7 of m is not published" in one_error(proc)
@@ -261,7 +261,7 @@ def stack(lifecycle):
     puller = subprocess.Popen(
         [sys.executable, "-m", "serving", "pull", "--source", source, "--dest",
          str(volume / "m"), "--model-config", str(config), "--watch", "--interval",
-         str(POLL_S), "--quiet"], stdout=puller_log, stderr=subprocess.STDOUT, cwd=REPO)
+         str(POLL_S)], stdout=puller_log, stderr=subprocess.STDOUT, cwd=REPO)
     try:
         wait_for(lambda: (state := read_state(config)) is not None
                  and state.versions == (1, 2), "the puller's first models.config")

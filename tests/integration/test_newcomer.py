@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -213,19 +216,40 @@ def test_the_console_script_keeps_decoder_noise_out_of_the_output(tiny_args, tmp
     noise = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
     Image.fromarray(noise).save(buf, "JPEG")
     (data / "circle" / "cut.jpg").write_bytes(buf.getvalue()[:4000])
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL",
+                                                            "LOG_FORMAT")}
     env["PYTHONPATH"] = str(REPO)  # this checkout's code, whichever the venv was made from
-    proc = subprocess.run([str(Path(sys.executable).parent / "trainer"), "train", "--data",
-                           str(data), "--output", str(tmp_path / "models"), "--model-name",
-                           "m", *tiny_args, "--epochs", "1", "--cache",
-                           str(tmp_path / "cache"), "--report-dir", str(tmp_path / "report")],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Premature end of JPEG data" not in proc.stderr
+    # stderr on a pseudo-terminal, as a person running it sees it: progress bars and
+    # readable log lines are for terminals only.
+    controller, terminal = os.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # rows, cols
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "trainer"), "train", "--data",
+                             str(data), "--output", str(tmp_path / "models"), "--model-name",
+                             "m", *tiny_args, "--epochs", "1", "--cache",
+                             str(tmp_path / "cache"), "--report-dir", str(tmp_path / "report")],
+                            stdout=subprocess.PIPE, stderr=terminal, text=True, cwd=tmp_path,
+                            env=env)
+    os.close(terminal)
+    seen = bytearray()
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: every writer closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(controller)
+    proc.wait(600)
+    stderr = seen.decode(errors="replace").replace("\r\n", "\n")
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "Premature end of JPEG data" not in stderr
     # The progress bar's lines are not broken by the decoder's. (TensorFlow's start-up
     # banner, printed before its logging is set up, is not what this checks.)
-    bar = [x for x in proc.stderr.splitlines() if "extracting fc2 features" in x]
+    bar = [x for x in stderr.splitlines() if "extracting fc2 features" in x]
     assert bar and all(x.lstrip("\r").startswith("extracting fc2 features") for x in bar)
+    # Log lines on a terminal are text, not JSON.
+    assert " INFO trainer." in stderr and '{"time"' not in stderr
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert {"path": "circle/cut.jpg",
             "reason": "cannot be decoded by TensorFlow (corrupt or truncated)"} in \
@@ -320,7 +344,7 @@ def test_a_rollback_shows_on_a_local_server_serving_the_trainers_folder(tiny_mod
     log = (tmp_path / "puller.log").open("w")
     puller = subprocess.Popen([sys.executable, "-m", "serving", "pull", "--source", source,
                                "--dest", source, "--model-config", config, "--watch",
-                               "--interval", "0.3", "-q"], stdout=log, stderr=subprocess.STDOUT,
+                               "--interval", "0.3"], stdout=log, stderr=subprocess.STDOUT,
                               cwd=REPO)
     server = LocalServer(["--model-config-file", config,
                           "--model_config_file_poll_wait_seconds", "0.5",

@@ -67,7 +67,7 @@ def test_store_outage_while_pull_watch_runs_keeps_the_server_serving(tiny_model,
     with aws_env_of(store):
         puller = subprocess.Popen([sys.executable, "-m", "serving", "pull", "--source",
                                    "s3://models/tiny", "--dest", str(dest), "--watch",
-                                   "--interval", "0.5", "-q"], stdout=log,
+                                   "--interval", "0.5"], stdout=log,
                                   stderr=subprocess.STDOUT, cwd=REPO, env=env)
         try:
             publish_tiny(tiny_model, tmp_path, "s3://models", 1)

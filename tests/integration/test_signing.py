@@ -45,7 +45,7 @@ def test_the_trainers_signed_version_is_installed_and_verifies(published_s3, sig
            f"{key.key_id}" in proc.stdout
     dest = tmp_path / "serve" / "demo"
     pull = run_cli("serving", "pull", "--source", f"{published_s3['models']}/demo", "--dest",
-                   str(dest), "--quiet", env={"VERIFY_KEY": str(signing_keys["public"])})
+                   str(dest), env={"VERIFY_KEY": str(signing_keys["public"])})
     assert pull.returncode == 0, pull.stderr
     assert (dest / "1" / SIGNATURE_FILE).is_file()
     assert f"signature verified with key {key.key_id}" in pull.stderr

@@ -8,9 +8,9 @@ import pytest
 
 from contract.labels import LabelsError, parse_labels
 from contract.manifest import MANIFEST_FILE
+from contract.model_folder import ModelFolder
 from contract.names import LABELS_OBJECT
 from contract.storage import S3Location, open_location
-from serving.store import ModelFolder
 from tests.conftest import MODELS_BUCKET, run_cli, unique
 from tests.integration.test_puller import publish_fake
 

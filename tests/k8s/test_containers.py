@@ -165,7 +165,8 @@ def test_the_puller_image_has_every_module_the_puller_imports(tmp_path):
     locked = set(lock("puller.lock"))
     allowed = {module for module, dists in packages_distributions().items()
                if any(normalize(d) in locked for d in dists)}
-    allowed |= set(sys.stdlib_module_names) | {"contract", "serving", "_distutils_hack"}
+    allowed |= set(sys.stdlib_module_names) | {"commandline", "contract", "serving",
+                                               "_distutils_hack"}
     code = f"""
 import sys
 allowed = {sorted(allowed)!r}
@@ -214,18 +215,19 @@ def test_serving_image_uses_the_project_config_and_known_flags():
 
 
 def test_the_trainer_image_can_run_promote_and_rollback():
-    """`serving promote` runs `trainer evaluate`, so it runs in the trainer image: its
-    command line and the store code import with only the trainer lock's packages."""
+    """`trainer promote` scores versions in-process with the evaluation's code, and `serving
+    rollback` runs beside it in the trainer image: both command lines, the store code and
+    the evaluation import with only the trainer lock's packages."""
     from importlib.metadata import packages_distributions
 
     copies = [rest.split()[0] for word, rest in instructions("trainer/Dockerfile")
               if word == "COPY"]
-    assert {"contract/", "trainer/", "serving/"} <= set(copies)
+    assert {"commandline/", "contract/", "trainer/", "serving/"} <= set(copies)
     locked = set(lock("trainer.lock"))
     allowed = {module for module, dists in packages_distributions().items()
                if any(normalize(d) in locked for d in dists)}
-    allowed |= set(sys.stdlib_module_names) | {"contract", "serving", "trainer",
-                                               "_distutils_hack"}
+    allowed |= set(sys.stdlib_module_names) | {"commandline", "contract", "serving",
+                                               "trainer", "_distutils_hack"}
     code = f"""
 import sys
 allowed = {sorted(allowed)!r}
@@ -235,9 +237,11 @@ class Block:
         if top not in allowed and not top.startswith("_sysconfigdata"):
             raise ModuleNotFoundError(f"the trainer image has no {{name}}")
 sys.meta_path.insert(0, Block())
-import serving.store
+import contract.model_folder, trainer.evaluate
 from serving.cli import cli
-for command in ("promote", "rollback", "label", "gc"):
+from trainer.cli import cli as trainer_cli
+trainer_cli(["promote", "--help"], standalone_mode=False)
+for command in ("rollback", "label", "gc"):
     cli([command, "--help"], standalone_mode=False)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

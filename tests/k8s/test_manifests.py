@@ -224,7 +224,7 @@ def _env(docs, container: dict) -> dict[str, str]:
 
 def _cli_of(container: dict) -> click.Group | None:
     """The command line a container runs: the puller image's, or the trainer image's (which
-    also runs `python -m serving promote|rollback`)."""
+    also runs `python -m serving rollback`)."""
     if container.get("command") == ["python", "-m", "serving"] or "puller" in \
             container["image"]:
         return serving_cli
@@ -388,7 +388,7 @@ def test_training_is_a_template_that_applying_never_runs(docs):
 def test_promote_and_rollback_are_templates_with_the_trainers_access(docs):
     """Like training: suspended CronJobs (applying never moves a label), the trainer image
     and credentials (they write the labels object), exit 2 and 4 final."""
-    for name, command in (("promote", "promote"), ("rollback", "rollback")):
+    for name, cli in (("promote", None), ("rollback", ["python", "-m", "serving"])):
         cronjob = one(docs, "CronJob", name)
         assert cronjob["spec"]["suspend"] is True
         job = cronjob["spec"]["jobTemplate"]["spec"]
@@ -397,7 +397,8 @@ def test_promote_and_rollback_are_templates_with_the_trainers_access(docs):
         pod = job["template"]["spec"]
         [c] = pod["containers"]
         assert pod["serviceAccountName"] == "trainer"
-        assert c["command"] == ["python", "-m", "serving"] and c["args"][0] == command
+        # promote is the image's own `trainer promote`; rollback is `serving rollback`.
+        assert c.get("command") == cli and c["args"][0] == name
         assert "trainer" in c["image"]
         env = _env(docs, c)
         assert env["MODEL_SOURCE"].endswith("/" + env["MODEL_NAME"])
@@ -405,7 +406,7 @@ def test_promote_and_rollback_are_templates_with_the_trainers_access(docs):
                    if "secretKeyRef" in e.get("valueFrom", {})}
         assert secrets == {"s3-credentials"}
         # Its report goes where the read-only root filesystem lets it write.
-        if command == "promote":
+        if name == "promote":
             assert c["args"][c["args"].index("--report-dir") + 1].startswith("/tmp/")
             assert {"CANDIDATE_VERSION", "EVAL_DATA_URI"} <= set(env)
 

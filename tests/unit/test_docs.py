@@ -1,5 +1,5 @@
 """The documentation cannot go stale on what the code holds: the Layout section of
-docs/development.md names every module of the four packages, and the README stays a page a
+docs/development.md names every module of the project's packages, and the README stays a page a
 person reads in five minutes (issue 31)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("contract", "trainer", "serving", "tools")
+PACKAGES = ("commandline", "contract", "trainer", "serving", "tools")
 
 
 def layout() -> str:

@@ -30,7 +30,8 @@ def imported_packages(package: str) -> dict[str, set[str]]:
 @pytest.mark.parametrize("package, forbidden", [
     ("trainer", {"serving"}),
     ("serving", {"trainer"}),
-    ("contract", {"trainer", "serving", "tensorflow", "keras"}),
+    ("contract", {"commandline", "trainer", "serving", "tensorflow", "keras"}),
+    ("commandline", {"trainer", "serving", "tensorflow", "keras"}),
 ])
 def test_who_imports_whom(package, forbidden):
     for module, names in imported_packages(package).items():

@@ -1,16 +1,18 @@
-"""Managing a model's folder in the store: version labels and retention.
+"""A model's folder in the store, `<models>/<name>/`: its versions, labels and retention.
 
-`serving label set|rm|ls` and `serving gc` act on `<models>/<name>/` directly: labels are one
-small object replaced whole (contract.labels); gc deletes old, unlabelled versions manifest
-first, so each disappears for every reader at once and is never seen half-deleted.
+`serving label set|rm|ls`, `serving rollback`, `serving gc` and `trainer promote` act on it
+directly: labels are one small object replaced whole (contract.labels); gc deletes old,
+unlabelled versions manifest first, so each disappears for every reader at once and is never
+seen half-deleted. No TensorFlow here: promote's scoring is passed in by the trainer.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from contract.errors import EnvironmentFailure, GateNotMet, InputError, UserError
+from contract.errors import GateNotMet, InputError, UserError
 from contract.labels import Labels, LabelsError, read_labels
 from contract.manifest import MANIFEST_FILE, Manifest
 from contract.names import LABELS_OBJECT, parse_version
@@ -19,6 +21,8 @@ from contract.storage import Location, open_location
 from contract.versions import Rejected, check_sizes, fetch_head, read_manifest
 
 log = logging.getLogger(__name__)
+# (the candidate version's URI, the baseline version or None) -> `trainer evaluate`'s metrics
+Scorer = Callable[[str, str | None], dict]
 
 
 class ModelFolder:
@@ -106,18 +110,28 @@ class ModelFolder:
         return current.labels[label], updated.labels[label]
 
     # -- promotion ------------------------------------------------------------------------
-    def promote(self, candidate: int, data: str, label: str, max_drop: float,
-                report_dir: str) -> Promotion:
-        """Evaluate `candidate` against the version `label` names, on `data`, and move the
-        label only if the candidate's accuracy is at most `max_drop` below it (GateNotMet,
-        exit 4, otherwise). The evaluation is `trainer evaluate` (the exported graph through
-        serving_default, TensorFlow), run as its own process: serving never imports trainer."""
+    def promote(self, candidate: int, label: str, max_drop: float, score: Scorer,
+                data: str) -> Promotion:
+        """Score `candidate` against the version `label` names and move the label only if
+        the candidate's accuracy is at most `max_drop` below it (GateNotMet, exit 4,
+        otherwise). `score(candidate_uri, baseline)` is `trainer evaluate`'s scoring (the
+        exported graph through serving_default, so TensorFlow), passed in by `trainer
+        promote`. `data` names the images in messages."""
         self.verified_manifest(candidate)
         before = self.labels()
         current = before.labels.get(label)
         if current == candidate:
             return Promotion(label, current, candidate, None, moved=False)
-        metrics = self._evaluate(candidate, current, data, report_dir)
+        log.info("evaluating version %d against %s on %s", candidate,
+                 f"version {current}" if current else "nothing (no version labelled yet)",
+                 data)
+        try:
+            metrics = score(f"{self.location.uri}/{candidate}",
+                            None if current is None else str(current))
+        except UserError as e:
+            error = UserError(f"evaluation failed, nothing moved: {e}")
+            error.exit_code = e.exit_code
+            raise error from e
         if current is None:
             accuracy = metrics["accuracy"]
             promotion = Promotion(label, None, candidate, {"candidate": accuracy})
@@ -139,39 +153,6 @@ class ModelFolder:
                              "nothing moved (run promote again)")
         self.set_labels({label: candidate})
         return promotion
-
-    def _evaluate(self, candidate: int, baseline: int | None, data: str,
-                  report_dir: str) -> dict:
-        import importlib.util
-        import json
-        import subprocess
-        import sys
-        from pathlib import Path
-
-        if importlib.util.find_spec("trainer") is None:
-            raise EnvironmentFailure("promote evaluates with `trainer evaluate`, which this "
-                                     "environment lacks: run it from the trainer image or "
-                                     "the project's environment")
-        command = [sys.executable, "-m", "trainer", "evaluate", "--model",
-                   f"{self.location.uri}/{candidate}", "--data", data, "--report-dir",
-                   report_dir, "--quiet"]
-        if baseline is not None:
-            command += ["--baseline", str(baseline)]
-        if self.verify_key is not None:
-            command += ["--verify-key", str(self.verify_key.path)]
-        log.info("evaluating version %d against %s on %s", candidate,
-                 f"version {baseline}" if baseline else "nothing (no version labelled yet)",
-                 data)
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            lines = [line for line in done.stderr.splitlines() if line.strip()]
-            reason = lines[-1].removeprefix("error: ") if lines else "no message"
-            error = UserError(f"evaluation failed, nothing moved: {reason}")
-            error.exit_code = done.returncode if done.returncode in (2, 3) else 1
-            raise error
-        for line in done.stdout.splitlines():
-            log.info("evaluate: %s", line)
-        return json.loads((Path(report_dir) / "metrics.json").read_text())
 
     # -- retention ------------------------------------------------------------------------
     def gc(self, keep: int, dry_run: bool) -> GcPlan:
