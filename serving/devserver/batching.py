@@ -5,7 +5,11 @@ Semantics follow TF Serving's shared batch scheduler: `num_batch_threads` thread
 from per-(servable, signature) queues; a batch is formed when it reaches `max_batch_size` or
 its oldest request has waited `batch_timeout_micros` (0: as soon as a thread is free, so
 requests that arrive while the model is busy ride together). A request bigger than
-`max_batch_size` is INVALID_ARGUMENT; a full queue answers UNAVAILABLE at once. A batched
+`max_batch_size` is INVALID_ARGUMENT; a full queue answers UNAVAILABLE at once. With
+`enable_large_batch_splitting`, batches hold at most `max_execution_batch_size` items and
+a request that does not fit the open batch is split: its first part fills that batch, the
+rest go into the next ones (shared_batch_scheduler.h, ScheduleWithoutOrEagerSplitImpl), and
+it is answered when every part has run, or with the first part's error. A batched
 run that fails fails every request in it, with the same status, as in TF Serving. Like TF
 Serving, a request's tensors are not checked against the signature before they join a batch
 (predict_util.cc converts them, BatchingSession::Run checks only their 0th dimensions): a
@@ -46,6 +50,40 @@ class _Task:
     deadline: float | None = None  # time.monotonic() by which it must be answered
     enqueued: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
+    taken: int = 0  # items already placed in a batch (splitting)
+    parts: dict = field(default_factory=dict)  # start -> that part's outputs
+    answered: int = 0  # items whose outputs are in `parts`
+
+    def deliver(self, start: int, stop: int, outputs: dict[str, np.ndarray]) -> None:
+        """Items [start, stop)'s outputs; the task is answered once every part has run."""
+        if self.future.done():  # another part failed it
+            return
+        self.parts[start] = outputs
+        self.answered += stop - start
+        if self.answered < self.size:
+            return
+        ordered = [self.parts[k] for k in sorted(self.parts)]
+        self.future.set_result(ordered[0] if len(ordered) == 1 else
+                               {name: np.concatenate([p[name] for p in ordered])
+                                for name in ordered[0]})
+
+    def fail(self, error: Exception) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+@dataclass
+class _Piece:
+    """Items [start, stop) of a task, in one batch."""
+
+    task: _Task
+    start: int
+    stop: int
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        if self.start == 0 and self.stop == self.task.size:
+            return self.task.inputs
+        return {k: v[self.start:self.stop] for k, v in self.task.inputs.items()}
 
 
 @dataclass
@@ -85,7 +123,8 @@ class Batcher:
             queue = self._queues.get(key)
             if queue is None:
                 queue = self._queues[key] = _Queue(servable, signature)
-            if queue.size + size > self.options.max_enqueued_batches * limit:
+            capacity = self.options.max_enqueued_batches * self.options.execution_limit
+            if queue.size + size > capacity:
                 raise unavailable("The batch scheduling queue to which this task was submitted "
                                   "is full")
             queue.tasks.append(task)
@@ -104,7 +143,7 @@ class Batcher:
             if not queue.tasks:
                 continue
             age = now - queue.tasks[0].enqueued
-            if queue.size >= self.options.max_batch_size or age >= timeout:
+            if queue.size >= self.options.execution_limit or age >= timeout:
                 if best is None or queue.tasks[0].enqueued < best.tasks[0].enqueued:
                     best = queue
             else:
@@ -112,12 +151,24 @@ class Batcher:
                 wait = remaining if wait is None else min(wait, remaining)
         return best, wait
 
-    def _take(self, queue: _Queue) -> list[_Task]:
+    def _take(self, queue: _Queue) -> list[_Piece]:
+        """The next batch: whole tasks in arrival order while they fit; with splitting, the
+        part of the next task that fills the batch (the rest stays first in line)."""
+        limit, split = self.options.execution_limit, self.options.enable_large_batch_splitting
         batch, total = [], 0
-        while queue.tasks and total + queue.tasks[0].size <= self.options.max_batch_size:
-            task = queue.tasks.popleft()
-            batch.append(task)
-            total += task.size
+        while queue.tasks:
+            task = queue.tasks[0]
+            left = task.size - task.taken
+            if total + left <= limit:
+                batch.append(_Piece(task, task.taken, task.size))
+                total += left
+                queue.tasks.popleft()
+            elif split and total < limit:
+                batch.append(_Piece(task, task.taken, task.taken + limit - total))
+                task.taken += limit - total
+                total = limit
+            else:
+                break
         queue.size -= total
         if not queue.tasks:
             self._queues = {k: q for k, q in self._queues.items() if q is not queue}
@@ -142,21 +193,22 @@ class Batcher:
                 return allowed
         return size
 
-    def _execute(self, queue: _Queue, batch: list[_Task]) -> None:
+    def _execute(self, queue: _Queue, batch: list[_Piece]) -> None:
         started = time.monotonic()
+        tasks = [p.task for p in batch]
         # As TF Serving (batching/batching_session.cc, ProcessBatch): a batch whose tasks
         # all waited past their deadlines fails without running; otherwise it runs with the
         # latest deadline among its live tasks (none if any task has none).
-        live = [t.deadline for t in batch if t.deadline is None or t.deadline > started]
+        live = [t.deadline for t in tasks if t.deadline is None or t.deadline > started]
         if not live:
             error = ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, QUEUE_TIMED_OUT)
-            for t in batch:
-                t.future.set_exception(error)
+            for t in tasks:
+                t.fail(error)
             return
         batch_deadline = None if None in live else max(live)
         try:
-            merged = _merge([t.inputs for t in batch])
-            total = sum(t.size for t in batch)
+            merged = _merge([p.inputs() for p in batch])
+            total = sum(p.stop - p.start for p in batch)
             padded = self._padded_size(total)
             if padded > total:  # TF Serving pads with copies of the first row
                 merged = {k: np.concatenate([v, np.repeat(v[:1], padded - total, axis=0)])
@@ -174,21 +226,23 @@ class Batcher:
             # every request merged into it (batching/batching_session.cc, ProcessBatch:
             # "Regardless of the outcome, we need to propagate the status to the individual
             # tasks"). The exported graph reports bad images per item instead of failing.
-            for t in batch:
-                t.future.set_exception(e)
+            for t in tasks:
+                t.fail(e)
             return
         except Exception as e:  # never leave a caller waiting forever
             log.exception("batch execution failed")
-            for t in batch:
-                t.future.set_exception(e)
+            for t in tasks:
+                t.fail(e)
             return
         if self.metrics:
             self.metrics.batch_processed(padded, total, self.options.thread_pool_name,
-                                         [started - t.enqueued for t in batch])
+                                         [started - t.enqueued for t in tasks])
         offset = 0
-        for t in batch:
-            t.future.set_result({k: v[offset:offset + t.size] for k, v in outputs.items()})
-            offset += t.size
+        for p in batch:
+            size = p.stop - p.start
+            p.task.deliver(p.start, p.stop,
+                           {k: v[offset:offset + size] for k, v in outputs.items()})
+            offset += size
 
     def stop(self) -> None:
         with self._cond:

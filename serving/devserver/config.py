@@ -106,8 +106,6 @@ DEFAULT_THREAD_POOL_NAME = "batch_threads"
 IGNORED_BATCHING_FIELDS = {
     "pad_variable_length_inputs": "requests whose tensors differ in shape are refused "
                                   "(FAILED_PRECONDITION) instead of padded",
-    "enable_large_batch_splitting": "a request above max_batch_size is refused, not split",
-    "max_execution_batch_size": "batches are at most max_batch_size",
 }
 
 
@@ -119,6 +117,19 @@ class BatchingOptions:
     num_batch_threads: int = 1
     thread_pool_name: str = DEFAULT_THREAD_POOL_NAME
     allowed_batch_sizes: tuple[int, ...] = ()
+    # TF Serving's large batch splitting (bundle_factory_util.h, GetQueueOptions): a request
+    # of up to max_batch_size items is split across batches of at most
+    # max_execution_batch_size; without it the two are the same.
+    enable_large_batch_splitting: bool = False
+    max_execution_batch_size: int = 0  # 0: max_batch_size
+
+    @property
+    def execution_limit(self) -> int:
+        """The largest batch run: max_execution_batch_size with splitting, else
+        max_batch_size."""
+        if self.enable_large_batch_splitting and self.max_execution_batch_size:
+            return self.max_execution_batch_size
+        return self.max_batch_size
 
 
 def load_batching(path: str | Path | None, cpu_count: int) -> BatchingOptions:
@@ -137,21 +148,39 @@ def load_batching(path: str | Path | None, cpu_count: int) -> BatchingOptions:
         num_batch_threads=value("num_batch_threads", cpu_count),
         thread_pool_name=value("thread_pool_name", DEFAULT_THREAD_POOL_NAME),
         allowed_batch_sizes=tuple(p.allowed_batch_sizes),
+        enable_large_batch_splitting=value("enable_large_batch_splitting", False),
+        max_execution_batch_size=value("max_execution_batch_size", 0),
     )
     for name, effect in IGNORED_BATCHING_FIELDS.items():
         if p.ListFields() and any(f.name == name for f, _ in p.ListFields()):
             log.warning("%s: %s is accepted but ignored by the development server: %s",
                         path, name, effect)
-    sizes = opts.allowed_batch_sizes
-    if sizes and (list(sizes) != sorted(set(sizes))):
-        raise ConfigError(f"{path}: allowed_batch_sizes entries must be monotonically "
-                          "increasing")
-    if sizes and sizes[-1] != opts.max_batch_size:
-        raise ConfigError(f"{path}: Last entry in allowed_batch_sizes must match "
-                          "max_batch_size")
     for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
         if getattr(opts, name) < 1:
             raise ConfigError(f"{path}: {name} must be at least 1")
+    splitting = opts.enable_large_batch_splitting
+    if splitting and opts.max_batch_size < opts.execution_limit:
+        # shared_batch_scheduler.h, AddQueueAfterRewritingOptions
+        raise ConfigError(f"{path}: When enable_large_batch_splitting is true, "
+                          "input_batch_size_limit must be greater than or equal to "
+                          "max_execution_batch_size.")
+    # batching_session.cc, CreateBasicBatchingSession
+    sizes = opts.allowed_batch_sizes
+    if sizes and list(sizes) != sorted(set(sizes)):
+        raise ConfigError(f"{path}: allowed_batch_sizes entries must be monotonically "
+                          "increasing")
+    if sizes and splitting and sizes[-1] > opts.max_batch_size:
+        raise ConfigError(f"{path}: Last entry in allowed_batch_sizes must be less than or "
+                          f"equal to max_batch_size; last entry was {sizes[-1]}; expected "
+                          f"{opts.max_batch_size}")
+    if sizes and splitting and sizes[-1] != opts.execution_limit:
+        raise ConfigError(f"{path}: Last entry in allowed_batch_sizes must be equal to "
+                          f"max_execution_batch_size; last entry was {sizes[-1]}; expected "
+                          f"{opts.execution_limit}")
+    if sizes and not splitting and sizes[-1] != opts.max_batch_size:
+        raise ConfigError(f"{path}: Last entry in allowed_batch_sizes must match "
+                          f"max_batch_size; last entry was {sizes[-1]}; expected "
+                          f"{opts.max_batch_size}")
     return opts
 
 

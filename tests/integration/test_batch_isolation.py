@@ -53,13 +53,24 @@ def at_once(calls: list) -> list:
         return list(pool.map(run, calls))
 
 
-def largest_batch(server: LocalServer) -> float:
+def batch_histogram(server: LocalServer) -> dict[str, float]:
+    """processed_batch_size: {bucket limit: cumulative count, "sum": items, "count": batches}."""
     _, _, page = http("GET", f"{server.rest_url}/metrics")
-    sizes = [float(line.split('le="')[1].split('"')[0]) for line in page.splitlines()
-             if line.startswith(":tensorflow:serving:batching_session:processed_batch_size_"
-                                "bucket") and not line.endswith(" 0")
-             and 'le="+Inf"' not in line]
-    return min(sizes) if sizes else 0  # the smallest bucket holding every batch
+    found = {}
+    name = ":tensorflow:serving:batching_session:processed_batch_size_"
+    for line in page.splitlines():
+        if line.startswith(name):
+            key = line.split('le="')[1].split('"')[0] if "_bucket" in line else \
+                line[len(name):].split("{")[0].split()[0]
+            found[key] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def largest_batch(server: LocalServer) -> float:
+    """The smallest bucket limit that holds every batch run so far."""
+    found = batch_histogram(server)
+    return min((float(k) for k, v in found.items() if k not in ("sum", "count", "+Inf")
+                and v == found.get("count")), default=0)
 
 
 @pytest.fixture(scope="module")
@@ -225,5 +236,37 @@ def test_a_failed_batched_run_fails_every_request_in_it_as_tf_serving_does(fragi
         # Alone, the same good requests succeed: it was the batch that failed them.
         assert requests.post(url, json={"instances": [1.0]}, timeout=TIMEOUT).json() == \
             {"predictions": [2.0]}
+    finally:
+        assert srv.stop() == 0
+
+
+def test_a_request_larger_than_a_batch_is_split_and_answered_whole(fragile_model, tmp_path):
+    """enable_large_batch_splitting with max_execution_batch_size 4: a 10-item request runs
+    as batches of 4, 4 and 2 and is answered in order; a part that fails fails the request;
+    above max_batch_size it is refused, as TF Serving refuses it."""
+    config = tmp_path / "batching.config"
+    config.write_text("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 1000 }\n"
+                      "enable_large_batch_splitting { value: true }\n"
+                      "max_execution_batch_size { value: 4 }\nnum_batch_threads { value: 1 }\n")
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text("prometheus_config { enable: true path: \"/metrics\" }\n")
+    srv = LocalServer(["--model-name", "fragile", "--model-base-path", str(fragile_model),
+                       "--enable-batching", "--batching-parameters-file", str(config),
+                       "--monitoring-config-file", str(monitoring)],
+                      tmp_path / "server.log").start(wait_for_model="fragile")
+    url = f"{srv.rest_url}/v1/models/fragile:predict"
+    try:
+        values = [float(v) for v in range(10)]
+        answer = requests.post(url, json={"instances": values}, timeout=TIMEOUT)
+        assert answer.json() == {"predictions": [2 * v for v in values]}
+        ran = batch_histogram(srv)
+        assert (ran["count"], ran["sum"]) == (3, 10)  # batches of 4, 4 and 2
+        failed = requests.post(url, json={"instances": values[:6] + [-1.0] + values[7:]},
+                               timeout=TIMEOUT)
+        assert failed.status_code == 400 and "negative input" in failed.json()["error"]
+        refused = requests.post(url, json={"instances": [1.0] * 17}, timeout=TIMEOUT)
+        assert refused.status_code == 400
+        assert refused.json()["error"] == "Task size 17 is larger than maximum input batch " \
+                                          "size 16"
     finally:
         assert srv.stop() == 0

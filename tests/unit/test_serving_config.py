@@ -41,6 +41,14 @@ def test_defaults_when_fields_are_missing(tmp_path):
     ("batching", "max_batch_size { value: 4 } allowed_batch_sizes: 4 allowed_batch_sizes: 2",
      "monotonically increasing"),
     ("batching", "num_batch_threads { value: 0 }", "num_batch_threads must be at least 1"),
+    # With splitting (shared_batch_scheduler.h; batching_session.cc's CreateBasicBatchingSession)
+    ("batching", "max_batch_size { value: 4 } enable_large_batch_splitting { value: true } "
+                 "max_execution_batch_size { value: 8 }",
+     "input_batch_size_limit must be greater than or equal to max_execution_batch_size"),
+    ("batching", "max_batch_size { value: 8 } enable_large_batch_splitting { value: true } "
+                 "max_execution_batch_size { value: 4 } allowed_batch_sizes: 2 "
+                 "allowed_batch_sizes: 8",
+     "must be equal to max_execution_batch_size; last entry was 8; expected 4"),
     ("models", "model_config_list { config { name: 'a' } }", "model 'a' has no base_path"),
     ("models", "model_config_list { config { name: 'a' base_path: '/a' } "
                "config { name: 'a' base_path: '/b' } }", "model names must be unique"),
@@ -63,20 +71,28 @@ def test_every_field_tf_serving_2_20_accepts_is_accepted_and_the_unimplemented_l
     path = tmp_path / "b"
     path.write_text("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 100 }\n"
                     "max_enqueued_batches { value: 2 }\nnum_batch_threads { value: 3 }\n"
-                    "thread_pool_name { value: 'pool' }\nallowed_batch_sizes: 4\n"
-                    "allowed_batch_sizes: 8\npad_variable_length_inputs: true\n"
+                    "thread_pool_name { value: 'pool' }\nallowed_batch_sizes: 2\n"
+                    "allowed_batch_sizes: 4\npad_variable_length_inputs: true\n"
                     "enable_large_batch_splitting { value: true }\n"
                     "max_execution_batch_size { value: 4 }\n")
     with caplog.at_level("WARNING", logger="serving.devserver.config"):
         batching = config.load_batching(path, cpu_count=2)
     assert (batching.max_batch_size, batching.batch_timeout_micros,
             batching.max_enqueued_batches, batching.num_batch_threads,
-            batching.thread_pool_name, batching.allowed_batch_sizes) == (
-        8, 100, 2, 3, "pool", (4, 8))
+            batching.thread_pool_name, batching.allowed_batch_sizes,
+            batching.enable_large_batch_splitting, batching.execution_limit) == (
+        8, 100, 2, 3, "pool", (2, 4), True, 4)
     ignored = " ".join(r.getMessage() for r in caplog.records)
-    for name in ("pad_variable_length_inputs", "enable_large_batch_splitting",
-                 "max_execution_batch_size"):
-        assert f"{name} is accepted but ignored" in ignored
+    assert "pad_variable_length_inputs is accepted but ignored" in ignored
+    assert "splitting" not in ignored and "max_execution" not in ignored
+    # Splitting without max_execution_batch_size runs batches of max_batch_size, as in TF
+    # Serving (bundle_factory_util.h); without splitting the field does not apply.
+    (tmp_path / "s").write_text("max_batch_size { value: 6 } "
+                                "enable_large_batch_splitting { value: true }")
+    assert config.load_batching(tmp_path / "s", 2).execution_limit == 6
+    (tmp_path / "n").write_text("max_batch_size { value: 6 } "
+                                "max_execution_batch_size { value: 2 }")
+    assert config.load_batching(tmp_path / "n", 2).execution_limit == 6
     # Unset, the pool has TF Serving's default name, the same with or without a file.
     (tmp_path / "min").write_text("max_batch_size { value: 4 }")
     assert config.load_batching(tmp_path / "min", 2).thread_pool_name == \
