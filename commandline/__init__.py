@@ -18,7 +18,7 @@ import sys
 
 import click
 
-from commandline.logs import setup_logging
+from commandline.logs import on_terminal, setup_logging
 from commandline.native import native_output
 from contract.errors import UserError
 
@@ -71,9 +71,13 @@ class Group(click.Group):
 def is_quiet() -> bool:
     """True when the running command shows no progress bars: --quiet, or stderr is not a
     terminal. (Modules take this as their `quiet`; log lines follow --quiet alone.)"""
-    if click.get_current_context().meta.get(_QUIET, False):
-        return True
-    try:
-        return not sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return True
+    return click.get_current_context().meta.get(_QUIET, False) or not on_terminal(sys.stderr)
+
+
+def verify_key_of(path: str | None):
+    """The loaded --verify-key, or None; a bad key file fails here, before any download."""
+    if path is None:
+        return None
+    from contract.signing import VerifyKey
+
+    return VerifyKey.load(path)

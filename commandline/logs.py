@@ -44,11 +44,15 @@ def log_format(stream=None) -> str:
         raise InputError(f"{LOG_FORMAT_ENV}={chosen}: expected one of {', '.join(FORMATS)}")
     if chosen != "auto":
         return chosen
-    stream = stream or sys.stderr
+    return "text" if on_terminal(stream or sys.stderr) else "json"
+
+
+def on_terminal(stream) -> bool:
+    """Whether `stream` is a terminal (False for a closed or unusual stream)."""
     try:
-        return "text" if stream.isatty() else "json"
-    except (AttributeError, ValueError):  # a closed or unusual stream
-        return "json"
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def setup_logging(quiet: bool = False) -> None:

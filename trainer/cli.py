@@ -14,7 +14,7 @@ import time
 
 import click
 
-from commandline import Group, is_quiet
+from commandline import Group, is_quiet, verify_key_of
 from commandline.native import quiet_native_logs
 from contract.labels import DEFAULT_LABEL
 from trainer import config as defaults
@@ -232,10 +232,9 @@ def evaluate(model, data, baseline, report_dir, batch_size, verify_key) -> None:
     (the graph TF Serving runs), optionally against a baseline version."""
     from pathlib import Path
 
-    from contract.signing import VerifyKey
     from trainer.evaluate import evaluate as run_evaluation
 
-    key = VerifyKey.load(verify_key) if verify_key else None
+    key = verify_key_of(verify_key)
     metrics = run_evaluation(model, data, baseline, Path(report_dir), batch_size, key,
                              is_quiet())
     for m in ([metrics["candidate"], metrics["baseline"]] if "candidate" in metrics
@@ -286,10 +285,9 @@ def promote(source, candidate, data, label_name, max_accuracy_drop, report_dir, 
 
     from contract.labels import check_label
     from contract.model_folder import ModelFolder
-    from contract.signing import VerifyKey
     from trainer.evaluate import evaluate as run_evaluation
 
-    key = VerifyKey.load(verify_key) if verify_key else None
+    key = verify_key_of(verify_key)
     folder = ModelFolder(source, key)
     label_name = check_label(label_name)
 

@@ -6,11 +6,10 @@ import sys
 
 import click
 
-from commandline import Command, is_quiet
+from commandline import Command, is_quiet, verify_key_of
 from contract.errors import InputError
 from contract.versions import MAX_VERSION_MIB
 from serving import defaults
-from serving.commands.common import verify_key_of as _verify_key
 
 
 @click.command(cls=Command)
@@ -76,7 +75,7 @@ def pull(source, dest, watch, interval, keep, wait_timeout, verify_key, model_co
     if wait_timeout < 0 or interval <= 0:
         raise click.UsageError("--wait-timeout must be >= 0 and --interval > 0")
     puller = Puller(source, dest, keep=keep, quiet=is_quiet(),
-                    verify_key=_verify_key(verify_key), model_config=model_config,
+                    verify_key=verify_key_of(verify_key), model_config=model_config,
                     serve_newest=serve_newest, max_version_mib=max_version_mib,
                     max_versions=max_versions)
     stop = wait_for_interrupt()
@@ -119,7 +118,7 @@ def verify(source, verify_key) -> None:
     if version is None or not parent:
         raise InputError(f"--source {source}: expected <models-uri>/<model-name>/<version> "
                          "with a numeric version")
-    key = _verify_key(verify_key)
+    key = verify_key_of(verify_key)
     with tempfile.TemporaryDirectory(prefix="serving-verify-") as work:
         name = parent.rsplit("/", 1)[-1]
         puller = Puller(parent, Path(work) / name, quiet=True, verify_key=key)

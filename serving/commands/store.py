@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import click
 
-from commandline import Command, Group
+from commandline import Command, Group, verify_key_of
 from contract.labels import DEFAULT_LABEL
-from serving.commands.common import verify_key_of as _verify_key
 
 
 def _show_labels(labels) -> None:
@@ -39,7 +38,7 @@ def label_set(source, verify_key, assignments) -> None:
     from contract.model_folder import ModelFolder
 
     pairs = dict(parse_assignment(a) for a in assignments)
-    _show_labels(ModelFolder(source, _verify_key(verify_key)).set_labels(pairs))
+    _show_labels(ModelFolder(source, verify_key_of(verify_key)).set_labels(pairs))
 
 
 @label.command("rm")
@@ -76,7 +75,7 @@ def rollback(source, label_name, verify_key) -> None:
     from contract.labels import check_label
     from contract.model_folder import ModelFolder
 
-    folder = ModelFolder(source, _verify_key(verify_key))
+    folder = ModelFolder(source, verify_key_of(verify_key))
     old, new = folder.rollback(check_label(label_name))
     click.echo(f"rolled back: {label_name} {old} -> {new} ({folder.model_name})")
 

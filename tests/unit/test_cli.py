@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -52,16 +51,13 @@ def test_train_options_are_the_training_configuration_by_name():
     assert options == fields
 
 
-def one_command(raises: Exception | None = None, logs: bool = False) -> click.Group:
+def one_command(raises: Exception | None = None) -> click.Group:
     @click.group(cls=Group)
     def cli():
         pass
 
     @cli.command()
     def run():
-        if logs:
-            logging.getLogger("demo").info("a line of the run")
-            logging.getLogger("demo").warning("a warning")
         click.echo(f"quiet={is_quiet()}")
         if raises is not None:
             raise raises
