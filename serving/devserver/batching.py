@@ -54,12 +54,13 @@ class _Task:
     parts: dict = field(default_factory=dict)  # start -> that part's outputs
     answered: int = 0  # items whose outputs are in `parts`
 
-    def deliver(self, start: int, stop: int, outputs: dict[str, np.ndarray]) -> None:
-        """Items [start, stop)'s outputs; the task is answered once every part has run."""
+    def deliver(self, start: int, size: int, outputs: dict[str, np.ndarray]) -> None:
+        """The outputs of `size` items from `start`; the task is answered once every part
+        has run."""
         if self.future.done():  # another part failed it
             return
         self.parts[start] = outputs
-        self.answered += stop - start
+        self.answered += size
         if self.answered < self.size:
             return
         ordered = [self.parts[k] for k in sorted(self.parts)]
@@ -79,6 +80,10 @@ class _Piece:
     task: _Task
     start: int
     stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
 
     def inputs(self) -> dict[str, np.ndarray]:
         if self.start == 0 and self.stop == self.task.size:
@@ -208,7 +213,7 @@ class Batcher:
         batch_deadline = None if None in live else max(live)
         try:
             merged = _merge([p.inputs() for p in batch])
-            total = sum(p.stop - p.start for p in batch)
+            total = sum(p.size for p in batch)
             padded = self._padded_size(total)
             if padded > total:  # TF Serving pads with copies of the first row
                 merged = {k: np.concatenate([v, np.repeat(v[:1], padded - total, axis=0)])
@@ -239,10 +244,9 @@ class Batcher:
                                          [started - t.enqueued for t in tasks])
         offset = 0
         for p in batch:
-            size = p.stop - p.start
-            p.task.deliver(p.start, p.stop,
-                           {k: v[offset:offset + size] for k, v in outputs.items()})
-            offset += size
+            p.task.deliver(p.start, p.size,
+                           {k: v[offset:offset + p.size] for k, v in outputs.items()})
+            offset += p.size
 
     def stop(self) -> None:
         with self._cond:
