@@ -131,8 +131,12 @@ def test_sigterm_during_feature_extraction_leaves_a_valid_cache(tiny_args, tmp_p
     while len(list(cache.rglob("*.npy"))) < 4 and proc.poll() is None:
         assert time.monotonic() < deadline, "no cache entries after 300 s"
         time.sleep(0.01)
+    seen = len(list(cache.rglob("*.npy")))
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 128 + signal.SIGTERM, "the run ended before the signal"
+    code = proc.wait(60)
+    # Said in full when it fails: the run's own output, and how far it was when signalled.
+    assert code == 128 + signal.SIGTERM, (f"exit {code} after SIGTERM at {seen} cache "
+                                          f"entries; stderr: {proc.stderr.read()[-3000:]}")
     entries = list(cache.rglob("*.npy"))
     assert 4 <= len(entries) < 80, "the kill should land mid-extraction"
     for entry in entries:  # every entry is complete: atomic writes
